@@ -1,0 +1,6 @@
+//! Integration tests of the Azure Storage provider against real storage (Azurite under
+//! `cargo xtask test`). Every test uses its own task hub, so they run in parallel.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+mod storage_layer;
+mod support;
