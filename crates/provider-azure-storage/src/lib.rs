@@ -15,8 +15,13 @@
 //! ```
 
 pub mod error;
+pub mod keys;
+pub mod large;
 pub mod naming;
+pub mod partition_store;
+pub mod settings;
 pub mod storage;
 
 pub use error::{Error, Result};
 pub use naming::{ResourceNames, TaskHubName};
+pub use settings::{AzureStorageSettings, PartitionManagerKind};

@@ -133,6 +133,21 @@ impl StorageAccount {
         self.is_emulator
     }
 
+    /// The URL of a blob container of this account (how large-payload URLs are formed).
+    pub fn blob_container_url(&self, container: &str) -> String {
+        let base = match &self.blob {
+            CloudLocation::Custom { uri, .. } => uri.clone(),
+            CloudLocation::Emulator { address, port } => {
+                format!("http://{address}:{port}/{}", azure_storage::EMULATOR_ACCOUNT)
+            }
+            CloudLocation::Public { account } => format!("https://{account}.blob.core.windows.net"),
+            CloudLocation::China { account } => {
+                format!("https://{account}.blob.core.chinacloudapi.cn")
+            }
+        };
+        format!("{}/{container}", base.trim_end_matches('/'))
+    }
+
     pub(crate) fn credentials(&self) -> &StorageCredentials {
         &self.credentials
     }
@@ -175,6 +190,7 @@ mod tests {
         assert!(a.is_emulator());
         assert_eq!(location_url(a.queue_location()), "http://127.0.0.1:2222/devstoreaccount1");
         assert_eq!(location_url(a.table_location()), "http://127.0.0.1:3333/devstoreaccount1");
+        assert_eq!(a.blob_container_url("c"), "http://127.0.0.1:1111/devstoreaccount1/c");
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! Partition-manager conformance on Azurite (placeholder).
