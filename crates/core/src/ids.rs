@@ -1,0 +1,89 @@
+//! Identifier rules: generated ids and instance-id validation.
+
+/// Maximum length of an instance id, in characters.
+///
+/// DTF itself has no limit; 256 matches Durable Functions and keeps the Azure Storage partition key
+/// (escaped id, at most ~2x longer) well under the 1 KiB key limit.
+pub const MAX_INSTANCE_ID_LEN: usize = 256;
+
+/// Characters never allowed in an instance id (they are special in Azure Storage keys and URLs).
+pub const FORBIDDEN_INSTANCE_ID_CHARS: [char; 4] = ['/', '\\', '#', '?'];
+
+/// A new execution id or generated instance id: 32 lowercase hex characters (DTF `Guid.ToString("N")`).
+pub fn new_execution_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Why an instance id was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstanceIdError {
+    /// The id is empty.
+    #[error("instance id must not be empty")]
+    Empty,
+    /// The id is longer than [`MAX_INSTANCE_ID_LEN`].
+    #[error("instance id is {len} characters long; the limit is {MAX_INSTANCE_ID_LEN}")]
+    TooLong {
+        /// Its length in characters.
+        len: usize,
+    },
+    /// The id contains a forbidden or control character.
+    #[error("instance id contains the forbidden character {ch:?}")]
+    ForbiddenChar {
+        /// The offending character.
+        ch: char,
+    },
+}
+
+/// Checks an instance id: non-empty, at most [`MAX_INSTANCE_ID_LEN`] characters, none of
+/// `/ \ # ?` and no control characters.
+pub fn validate_instance_id(id: &str) -> Result<(), InstanceIdError> {
+    if id.is_empty() {
+        return Err(InstanceIdError::Empty);
+    }
+    let len = id.chars().count();
+    if len > MAX_INSTANCE_ID_LEN {
+        return Err(InstanceIdError::TooLong { len });
+    }
+    if let Some(ch) = id.chars().find(|c| c.is_control() || FORBIDDEN_INSTANCE_ID_CHARS.contains(c))
+    {
+        return Err(InstanceIdError::ForbiddenChar { ch });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_32_lower_hex() {
+        let id = new_execution_id();
+        assert_eq!(id.len(), 32);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(id, new_execution_id());
+    }
+
+    #[test]
+    fn instance_id_rules() {
+        let cases: &[(&str, Option<InstanceIdError>)] = &[
+            ("ok-id_1:2", None),
+            ("", Some(InstanceIdError::Empty)),
+            ("a/b", Some(InstanceIdError::ForbiddenChar { ch: '/' })),
+            ("a\\b", Some(InstanceIdError::ForbiddenChar { ch: '\\' })),
+            ("a#b", Some(InstanceIdError::ForbiddenChar { ch: '#' })),
+            ("a?b", Some(InstanceIdError::ForbiddenChar { ch: '?' })),
+            ("a\nb", Some(InstanceIdError::ForbiddenChar { ch: '\n' })),
+            ("a\u{7f}", Some(InstanceIdError::ForbiddenChar { ch: '\u{7f}' })),
+            ("ünïcode", None),
+        ];
+        for (id, want) in cases {
+            assert_eq!(validate_instance_id(id).err(), *want, "{id:?}");
+        }
+        assert!(validate_instance_id(&"x".repeat(MAX_INSTANCE_ID_LEN)).is_ok());
+        assert_eq!(
+            validate_instance_id(&"x".repeat(MAX_INSTANCE_ID_LEN + 1)),
+            Err(InstanceIdError::TooLong { len: MAX_INSTANCE_ID_LEN + 1 })
+        );
+    }
+}

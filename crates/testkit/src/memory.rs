@@ -1,0 +1,915 @@
+//! [`InMemoryOrchestrationService`]: a complete provider (worker and client side) kept in process
+//! memory. It is the reference implementation of the provider contract in
+//! `durabletask_core::provider` and runs the conformance suite on every `cargo test`.
+//!
+//! Model: an ordered orchestration message queue with per-message visibility times and per-instance
+//! locks, an activity queue with per-message locks, and per-instance rows and histories. All state
+//! sits behind one mutex; waiting `lock_next_*` calls are woken through [`tokio::sync::Notify`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use durabletask_core::provider::{
+    ActivityWorkItem, LockToken, OrchestrationQuery, OrchestrationService,
+    OrchestrationServiceClient, OrchestrationWorkItem, ProviderError, ProviderErrorKind,
+    ProviderSettings, PurgeFilter, PurgeResult, QueryResult,
+};
+use durabletask_core::{
+    Clock, EventKind, HistoryEvent, OrchestrationRuntimeState, OrchestrationState,
+    OrchestrationStatus, SystemClock, TaskMessage, WorkItemResult,
+};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+/// Settings of the in-memory provider.
+#[derive(Debug, Clone)]
+pub struct MemorySettings {
+    /// How long a lock lasts before it must be renewed.
+    pub lock_duration: Duration,
+    /// Hint for the orchestration dispatcher.
+    pub max_concurrent_orchestrations: usize,
+    /// Hint for the activity dispatcher.
+    pub max_concurrent_activities: usize,
+}
+
+impl Default for MemorySettings {
+    fn default() -> Self {
+        Self {
+            lock_duration: Duration::from_secs(60),
+            max_concurrent_orchestrations: 50,
+            max_concurrent_activities: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct QueuedMessage {
+    instance_id: String,
+    message: TaskMessage,
+    visible_at: OffsetDateTime,
+    dequeue_count: u32,
+    locked_by: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct QueuedActivity {
+    message: TaskMessage,
+    visible_at: OffsetDateTime,
+    dequeue_count: u32,
+    lock: Option<(u64, OffsetDateTime)>,
+}
+
+#[derive(Debug)]
+struct InstanceLock {
+    lock_id: u64,
+    locked_until: OffsetDateTime,
+    seqs: Vec<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Instance {
+    row: OrchestrationState,
+    history: Vec<HistoryEvent>,
+}
+
+#[derive(Debug, Default)]
+struct Hub {
+    instances: BTreeMap<String, Instance>,
+    orchestration_queue: BTreeMap<u64, QueuedMessage>,
+    instance_locks: HashMap<String, InstanceLock>,
+    activity_queue: BTreeMap<u64, QueuedActivity>,
+    next_seq: u64,
+    next_lock: u64,
+    stopped: bool,
+}
+
+#[derive(Debug)]
+struct MemLock {
+    lock_id: u64,
+    seq: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    hub: Mutex<Hub>,
+    orchestration_ready: Notify,
+    activity_ready: Notify,
+    clock: Arc<dyn Clock>,
+    settings: MemorySettings,
+}
+
+/// An in-memory task hub implementing both provider traits.
+#[derive(Debug, Clone)]
+pub struct InMemoryOrchestrationService {
+    shared: Arc<Shared>,
+}
+
+impl Default for InMemoryOrchestrationService {
+    fn default() -> Self {
+        Self::new(MemorySettings::default())
+    }
+}
+
+fn err(kind: ProviderErrorKind, op: &'static str, msg: impl Into<String>) -> ProviderError {
+    ProviderError::new(kind, op, msg)
+}
+
+fn is_start(m: &TaskMessage) -> bool {
+    matches!(m.event.kind, EventKind::ExecutionStarted(_))
+}
+
+fn history_execution_id(history: &[HistoryEvent]) -> Option<&str> {
+    history.iter().find_map(|e| match &e.kind {
+        EventKind::ExecutionStarted(s) => s.orchestration_instance.execution_id.as_deref(),
+        _ => None,
+    })
+}
+
+fn history_completed(history: &[HistoryEvent]) -> bool {
+    history.iter().any(|e| matches!(e.kind, EventKind::ExecutionCompleted { .. }))
+}
+
+impl InMemoryOrchestrationService {
+    /// A new, empty task hub with the system clock.
+    pub fn new(settings: MemorySettings) -> Self {
+        Self::with_clock(settings, Arc::new(SystemClock))
+    }
+
+    /// A new, empty task hub reading time from `clock`.
+    pub fn with_clock(settings: MemorySettings, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                hub: Mutex::new(Hub::default()),
+                orchestration_ready: Notify::new(),
+                activity_ready: Notify::new(),
+                clock,
+                settings,
+            }),
+        }
+    }
+
+    fn hub(&self) -> MutexGuard<'_, Hub> {
+        self.shared.hub.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.shared.clock.now()
+    }
+
+    fn wake_all(&self) {
+        self.shared.orchestration_ready.notify_waiters();
+        self.shared.activity_ready.notify_waiters();
+    }
+
+    /// Number of queued orchestration messages (visible or not) — for tests.
+    pub fn queued_orchestration_messages(&self) -> usize {
+        self.hub().orchestration_queue.len()
+    }
+
+    fn enqueue(hub: &mut Hub, message: TaskMessage, visible_at: OffsetDateTime) {
+        let seq = hub.next_seq;
+        hub.next_seq += 1;
+        hub.orchestration_queue.insert(
+            seq,
+            QueuedMessage {
+                instance_id: message.orchestration_instance.instance_id.clone(),
+                message,
+                visible_at,
+                dequeue_count: 0,
+                locked_by: None,
+            },
+        );
+    }
+
+    fn expire_locks(hub: &mut Hub, now: OffsetDateTime) {
+        let expired: Vec<String> = hub
+            .instance_locks
+            .iter()
+            .filter(|(_, l)| l.locked_until < now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in expired {
+            if let Some(l) = hub.instance_locks.remove(&id) {
+                for s in l.seqs {
+                    if let Some(m) = hub.orchestration_queue.get_mut(&s) {
+                        m.locked_by = None;
+                    }
+                }
+            }
+        }
+        for a in hub.activity_queue.values_mut() {
+            if a.lock.is_some_and(|(_, until)| until < now) {
+                a.lock = None;
+            }
+        }
+    }
+
+    /// Tries to build a work item; returns it, or the earliest time something may become ready.
+    fn try_lock_orchestration(
+        &self,
+        hub: &mut Hub,
+        now: OffsetDateTime,
+    ) -> Result<OrchestrationWorkItem, Option<OffsetDateTime>> {
+        Self::expire_locks(hub, now);
+        let mut skipped: Vec<String> = Vec::new();
+        let mut next_due: Option<OffsetDateTime> = None;
+        loop {
+            let candidate = hub
+                .orchestration_queue
+                .values()
+                .filter(|m| m.locked_by.is_none())
+                .filter(|m| !hub.instance_locks.contains_key(&m.instance_id))
+                .filter(|m| !skipped.contains(&m.instance_id))
+                .filter(|m| {
+                    if m.visible_at > now {
+                        next_due = Some(next_due.map_or(m.visible_at, |d| d.min(m.visible_at)));
+                        false
+                    } else {
+                        true
+                    }
+                })
+                .map(|m| m.instance_id.clone())
+                .next();
+            let Some(instance_id) = candidate else {
+                return Err(next_due);
+            };
+            // The batch: visible, unlocked messages of this instance, up to a second start.
+            let mut batch: Vec<u64> = Vec::new();
+            let mut starts = 0;
+            for (seq, m) in &hub.orchestration_queue {
+                if m.instance_id != instance_id || m.locked_by.is_some() || m.visible_at > now {
+                    continue;
+                }
+                if is_start(&m.message) {
+                    starts += 1;
+                    if starts > 1 {
+                        break;
+                    }
+                }
+                batch.push(*seq);
+            }
+            // Start de-duplication (contract invariant 3).
+            let row_exec = hub
+                .instances
+                .get(&instance_id)
+                .and_then(|i| i.row.orchestration_instance.execution_id.clone());
+            let stale: Vec<u64> = batch
+                .iter()
+                .copied()
+                .filter(|s| {
+                    hub.orchestration_queue.get(s).is_some_and(|m| match &m.message.event.kind {
+                        EventKind::ExecutionStarted(st) => {
+                            st.parent_instance.is_none()
+                                && st.orchestration_instance.execution_id != row_exec
+                        }
+                        _ => false,
+                    })
+                })
+                .collect();
+            if !stale.is_empty() {
+                for s in &stale {
+                    hub.orchestration_queue.remove(s);
+                }
+                tracing::debug!(instance_id = %instance_id, count = stale.len(), "DuplicateMessageDetected: stale start deleted");
+                continue;
+            }
+            let has_start = batch
+                .iter()
+                .any(|s| hub.orchestration_queue.get(s).is_some_and(|m| is_start(&m.message)));
+            let inst = hub.instances.get(&instance_id);
+            let history_empty = inst.is_none_or(|i| i.history.is_empty());
+            if history_empty && !has_start {
+                let pending = inst
+                    .is_some_and(|i| i.row.orchestration_status == OrchestrationStatus::Pending);
+                let terminate = batch.iter().find_map(|s| {
+                    match &hub.orchestration_queue.get(s)?.message.event.kind {
+                        EventKind::ExecutionTerminated { input } => Some(input.clone()),
+                        _ => None,
+                    }
+                });
+                match (pending, terminate) {
+                    (true, Some(reason)) => {
+                        // Terminate a created-but-not-started instance directly.
+                        if let Some(i) = hub.instances.get_mut(&instance_id) {
+                            i.row.orchestration_status = OrchestrationStatus::Terminated;
+                            i.row.output = reason;
+                            i.row.completed_time = Some(now);
+                            i.row.last_updated_time = now;
+                        }
+                        hub.orchestration_queue.retain(|_, m| m.instance_id != instance_id);
+                        tracing::info!(instance_id = %instance_id, "Terminated a pending instance");
+                    }
+                    (true, None) => skipped.push(instance_id),
+                    (false, _) => {
+                        for s in &batch {
+                            hub.orchestration_queue.remove(s);
+                        }
+                        tracing::debug!(instance_id = %instance_id, "DiscardingWorkItem: no such instance");
+                    }
+                }
+                continue;
+            }
+            if !has_start && inst.is_some_and(|i| history_completed(&i.history)) {
+                for s in &batch {
+                    hub.orchestration_queue.remove(s);
+                }
+                tracing::debug!(instance_id = %instance_id, "DiscardingWorkItem: instance is terminal");
+                continue;
+            }
+            // Lock it.
+            let lock_id = hub.next_lock;
+            hub.next_lock += 1;
+            let locked_until = now + self.shared.settings.lock_duration;
+            let mut messages = Vec::with_capacity(batch.len());
+            let mut dequeue_count = 0;
+            for s in &batch {
+                if let Some(m) = hub.orchestration_queue.get_mut(s) {
+                    m.locked_by = Some(lock_id);
+                    m.dequeue_count += 1;
+                    dequeue_count = dequeue_count.max(m.dequeue_count);
+                    messages.push(m.message.clone());
+                }
+            }
+            hub.instance_locks
+                .insert(instance_id.clone(), InstanceLock { lock_id, locked_until, seqs: batch });
+            let history =
+                hub.instances.get(&instance_id).map(|i| i.history.clone()).unwrap_or_default();
+            let runtime_state = match OrchestrationRuntimeState::from_history(history) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(instance_id = %instance_id, error = %e, "corrupt history; presenting empty");
+                    OrchestrationRuntimeState::new()
+                }
+            };
+            return Ok(OrchestrationWorkItem {
+                instance_id,
+                runtime_state,
+                new_messages: messages,
+                locked_until,
+                dequeue_count,
+                token: LockToken::new(MemLock { lock_id, seq: 0 }),
+            });
+        }
+    }
+
+    fn try_lock_activity(
+        &self,
+        hub: &mut Hub,
+        now: OffsetDateTime,
+    ) -> Result<ActivityWorkItem, Option<OffsetDateTime>> {
+        Self::expire_locks(hub, now);
+        let mut next_due: Option<OffsetDateTime> = None;
+        let mut found = None;
+        for (seq, a) in &hub.activity_queue {
+            if a.lock.is_some() {
+                continue;
+            }
+            if a.visible_at > now {
+                next_due = Some(next_due.map_or(a.visible_at, |d| d.min(a.visible_at)));
+                continue;
+            }
+            found = Some(*seq);
+            break;
+        }
+        let Some(seq) = found else {
+            return Err(next_due);
+        };
+        let lock_id = hub.next_lock;
+        hub.next_lock += 1;
+        let locked_until = now + self.shared.settings.lock_duration;
+        let a = hub.activity_queue.get_mut(&seq).ok_or(None)?;
+        a.lock = Some((lock_id, locked_until));
+        a.dequeue_count += 1;
+        Ok(ActivityWorkItem {
+            id: seq.to_string(),
+            message: a.message.clone(),
+            locked_until,
+            dequeue_count: a.dequeue_count,
+            token: LockToken::new(MemLock { lock_id, seq }),
+        })
+    }
+
+    fn lock_of<'a>(
+        wi_token: &'a LockToken,
+        op: &'static str,
+    ) -> Result<&'a MemLock, ProviderError> {
+        wi_token
+            .downcast_ref::<MemLock>()
+            .ok_or_else(|| err(ProviderErrorKind::InvalidInput, op, "foreign work item"))
+    }
+}
+
+#[async_trait]
+impl OrchestrationService for InMemoryOrchestrationService {
+    async fn create_if_not_exists(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    async fn delete(&self) -> Result<(), ProviderError> {
+        let mut hub = self.hub();
+        let stopped = hub.stopped;
+        *hub = Hub { stopped, ..Hub::default() };
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<(), ProviderError> {
+        self.hub().stopped = false;
+        Ok(())
+    }
+
+    async fn stop(&self, _graceful: bool) -> Result<(), ProviderError> {
+        self.hub().stopped = true;
+        self.wake_all();
+        Ok(())
+    }
+
+    fn settings(&self) -> ProviderSettings {
+        ProviderSettings {
+            max_concurrent_orchestrations: self.shared.settings.max_concurrent_orchestrations,
+            max_concurrent_activities: self.shared.settings.max_concurrent_activities,
+        }
+    }
+
+    async fn lock_next_orchestration_work_item(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<OrchestrationWorkItem>, ProviderError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.orchestration_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = {
+                let mut hub = self.hub();
+                if hub.stopped {
+                    return Ok(None);
+                }
+                match self.try_lock_orchestration(&mut hub, self.now()) {
+                    Ok(wi) => return Ok(Some(wi)),
+                    Err(next) => next,
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            let mut wake_at = deadline;
+            if let Some(t) = next {
+                let d = Duration::try_from(t - self.now()).unwrap_or(Duration::ZERO);
+                wake_at = wake_at.min(tokio::time::Instant::now() + d + Duration::from_millis(1));
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    async fn renew_orchestration_work_item_lock(
+        &self,
+        work_item: &OrchestrationWorkItem,
+    ) -> Result<OffsetDateTime, ProviderError> {
+        const OP: &str = "renew_orchestration_work_item_lock";
+        let lock = Self::lock_of(&work_item.token, OP)?;
+        let now = self.now();
+        let mut hub = self.hub();
+        match hub.instance_locks.get_mut(&work_item.instance_id) {
+            Some(l) if l.lock_id == lock.lock_id => {
+                l.locked_until = now + self.shared.settings.lock_duration;
+                Ok(l.locked_until)
+            }
+            _ => Err(err(ProviderErrorKind::LeaseLost, OP, "lock expired or taken over")),
+        }
+    }
+
+    async fn complete_orchestration_work_item(
+        &self,
+        work_item: &OrchestrationWorkItem,
+        result: WorkItemResult,
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "complete_orchestration_work_item";
+        let lock = Self::lock_of(&work_item.token, OP)?;
+        let now = self.now();
+        {
+            let mut hub = self.hub();
+            let seqs = match hub.instance_locks.get(&work_item.instance_id) {
+                Some(l) if l.lock_id == lock.lock_id => l.seqs.clone(),
+                _ => {
+                    return Err(err(
+                        ProviderErrorKind::LeaseLost,
+                        OP,
+                        "lock expired or taken over",
+                    ));
+                }
+            };
+            if let WorkItemResult::Checkpoint(cp) = result {
+                let cp = *cp;
+                let id = work_item.instance_id.clone();
+                // History concurrency check before anything is sent (the in-memory "ETag").
+                let past = cp.runtime_state.past_events().len();
+                if past > 0 {
+                    let stored = hub.instances.get(&id).map(|i| {
+                        (i.history.len(), history_execution_id(&i.history).map(str::to_owned))
+                    });
+                    let expected_exec = cp.runtime_state.execution_id().map(str::to_owned);
+                    if stored != Some((past, expected_exec)) {
+                        return Err(err(
+                            ProviderErrorKind::PreconditionFailed,
+                            OP,
+                            "history changed since the work item was locked",
+                        ));
+                    }
+                }
+                // 1. Send.
+                for m in cp.orchestrator_messages {
+                    if let EventKind::ExecutionStarted(s) = &m.event.kind {
+                        let child = m.orchestration_instance.instance_id.clone();
+                        let needs_row = hub
+                            .instances
+                            .get(&child)
+                            .is_none_or(|i| i.row.orchestration_status.is_terminal());
+                        if needs_row {
+                            let row = OrchestrationState::pending(s, now);
+                            let history =
+                                hub.instances.remove(&child).map(|i| i.history).unwrap_or_default();
+                            hub.instances.insert(child, Instance { row, history });
+                        }
+                    }
+                    Self::enqueue(&mut hub, m, now);
+                }
+                for m in cp.timer_messages {
+                    let at = match &m.event.kind {
+                        EventKind::TimerFired { fire_at, .. } => *fire_at,
+                        _ => now,
+                    };
+                    Self::enqueue(&mut hub, m, at);
+                }
+                for m in cp.activity_messages {
+                    let seq = hub.next_seq;
+                    hub.next_seq += 1;
+                    hub.activity_queue.insert(
+                        seq,
+                        QueuedActivity {
+                            message: m,
+                            visible_at: now,
+                            dequeue_count: 0,
+                            lock: None,
+                        },
+                    );
+                }
+                // 2. History, 3. row.
+                let events = cp.runtime_state.new_events().to_vec();
+                let state = cp.state;
+                match hub.instances.get_mut(&id) {
+                    Some(inst) => {
+                        if past == 0 {
+                            inst.history = events;
+                        } else {
+                            inst.history.extend(events);
+                        }
+                        // Do not clobber a newer Pending row written by a concurrent recreate.
+                        let newer_pending = inst.row.orchestration_status
+                            == OrchestrationStatus::Pending
+                            && inst.row.orchestration_instance.execution_id
+                                != state.orchestration_instance.execution_id
+                            && past > 0;
+                        if !newer_pending {
+                            inst.row = state;
+                        }
+                    }
+                    None => {
+                        hub.instances.insert(id.clone(), Instance { row: state, history: events });
+                    }
+                }
+            }
+            // 4. Delete the messages, release the lock.
+            for s in &seqs {
+                hub.orchestration_queue.remove(s);
+            }
+            hub.instance_locks.remove(&work_item.instance_id);
+        }
+        self.wake_all();
+        Ok(())
+    }
+
+    async fn abandon_orchestration_work_item(
+        &self,
+        work_item: &OrchestrationWorkItem,
+        retry_after: Duration,
+    ) -> Result<(), ProviderError> {
+        let lock = Self::lock_of(&work_item.token, "abandon_orchestration_work_item")?;
+        let visible_at = self.now() + retry_after;
+        {
+            let mut hub = self.hub();
+            let owned = hub
+                .instance_locks
+                .get(&work_item.instance_id)
+                .is_some_and(|l| l.lock_id == lock.lock_id);
+            if owned && let Some(l) = hub.instance_locks.remove(&work_item.instance_id) {
+                for s in l.seqs {
+                    if let Some(m) = hub.orchestration_queue.get_mut(&s) {
+                        m.locked_by = None;
+                        m.visible_at = visible_at;
+                    }
+                }
+            }
+        }
+        self.wake_all();
+        Ok(())
+    }
+
+    async fn release_orchestration_work_item(
+        &self,
+        work_item: &OrchestrationWorkItem,
+    ) -> Result<(), ProviderError> {
+        let lock = Self::lock_of(&work_item.token, "release_orchestration_work_item")?;
+        {
+            let mut hub = self.hub();
+            let owned = hub
+                .instance_locks
+                .get(&work_item.instance_id)
+                .is_some_and(|l| l.lock_id == lock.lock_id);
+            if owned && let Some(l) = hub.instance_locks.remove(&work_item.instance_id) {
+                for s in l.seqs {
+                    if let Some(m) = hub.orchestration_queue.get_mut(&s) {
+                        m.locked_by = None;
+                    }
+                }
+            }
+        }
+        self.wake_all();
+        Ok(())
+    }
+
+    async fn lock_next_activity_work_item(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<ActivityWorkItem>, ProviderError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.activity_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = {
+                let mut hub = self.hub();
+                if hub.stopped {
+                    return Ok(None);
+                }
+                match self.try_lock_activity(&mut hub, self.now()) {
+                    Ok(wi) => return Ok(Some(wi)),
+                    Err(next) => next,
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            let mut wake_at = deadline;
+            if let Some(t) = next {
+                let d = Duration::try_from(t - self.now()).unwrap_or(Duration::ZERO);
+                wake_at = wake_at.min(tokio::time::Instant::now() + d + Duration::from_millis(1));
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    async fn renew_activity_work_item_lock(
+        &self,
+        work_item: &ActivityWorkItem,
+    ) -> Result<OffsetDateTime, ProviderError> {
+        const OP: &str = "renew_activity_work_item_lock";
+        let lock = Self::lock_of(&work_item.token, OP)?;
+        let until = self.now() + self.shared.settings.lock_duration;
+        let mut hub = self.hub();
+        match hub.activity_queue.get_mut(&lock.seq) {
+            Some(a) if a.lock.is_some_and(|(id, _)| id == lock.lock_id) => {
+                a.lock = Some((lock.lock_id, until));
+                Ok(until)
+            }
+            _ => Err(err(ProviderErrorKind::LeaseLost, OP, "activity lock lost")),
+        }
+    }
+
+    async fn complete_activity_work_item(
+        &self,
+        work_item: &ActivityWorkItem,
+        response: TaskMessage,
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "complete_activity_work_item";
+        let lock = Self::lock_of(&work_item.token, OP)?;
+        let now = self.now();
+        {
+            let mut hub = self.hub();
+            let owned = hub
+                .activity_queue
+                .get(&lock.seq)
+                .is_some_and(|a| a.lock.is_some_and(|(id, _)| id == lock.lock_id));
+            if !owned {
+                return Err(err(ProviderErrorKind::LeaseLost, OP, "activity lock lost"));
+            }
+            Self::enqueue(&mut hub, response, now);
+            hub.activity_queue.remove(&lock.seq);
+        }
+        self.shared.orchestration_ready.notify_waiters();
+        Ok(())
+    }
+
+    async fn abandon_activity_work_item(
+        &self,
+        work_item: &ActivityWorkItem,
+        retry_after: Duration,
+    ) -> Result<(), ProviderError> {
+        let lock = Self::lock_of(&work_item.token, "abandon_activity_work_item")?;
+        let visible_at = self.now() + retry_after;
+        {
+            let mut hub = self.hub();
+            if let Some(a) = hub.activity_queue.get_mut(&lock.seq)
+                && a.lock.is_some_and(|(id, _)| id == lock.lock_id)
+            {
+                a.lock = None;
+                a.visible_at = visible_at;
+            }
+        }
+        self.shared.activity_ready.notify_waiters();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl OrchestrationServiceClient for InMemoryOrchestrationService {
+    async fn create_orchestration(
+        &self,
+        start: TaskMessage,
+        dedupe_statuses: &[OrchestrationStatus],
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "create_orchestration";
+        let mut start = start;
+        let EventKind::ExecutionStarted(started) = &mut start.event.kind else {
+            return Err(err(
+                ProviderErrorKind::InvalidInput,
+                OP,
+                "not an ExecutionStarted message",
+            ));
+        };
+        let id = started.orchestration_instance.instance_id.clone();
+        let now = self.now();
+        {
+            let mut hub = self.hub();
+            let existing = hub.instances.get(&id);
+            if let Some(i) = existing
+                && dedupe_statuses.contains(&i.row.orchestration_status)
+            {
+                return Err(err(
+                    ProviderErrorKind::Conflict,
+                    OP,
+                    format!("instance '{id}' exists with status {}", i.row.orchestration_status),
+                ));
+            }
+            if started.generation.is_none() {
+                started.generation =
+                    Some(existing.and_then(|i| i.row.generation).map_or(0, |g| g + 1));
+            }
+            let row = OrchestrationState::pending(started, start.event.timestamp);
+            let visible_at = started.scheduled_start_time.unwrap_or(now).max(now);
+            // Enqueue first, then write the row (contract order).
+            Self::enqueue(&mut hub, start, visible_at);
+            let history = hub.instances.remove(&id).map(|i| i.history).unwrap_or_default();
+            hub.instances.insert(id, Instance { row, history });
+        }
+        self.shared.orchestration_ready.notify_waiters();
+        Ok(())
+    }
+
+    async fn send_message(&self, message: TaskMessage) -> Result<(), ProviderError> {
+        let now = self.now();
+        Self::enqueue(&mut self.hub(), message, now);
+        self.shared.orchestration_ready.notify_waiters();
+        Ok(())
+    }
+
+    async fn get_state(
+        &self,
+        instance_id: &str,
+        include_payloads: bool,
+    ) -> Result<Option<OrchestrationState>, ProviderError> {
+        let hub = self.hub();
+        Ok(hub.instances.get(instance_id).map(|i| {
+            if include_payloads { i.row.clone() } else { i.row.clone().without_payloads() }
+        }))
+    }
+
+    async fn get_history(
+        &self,
+        instance_id: &str,
+        execution_id: Option<&str>,
+    ) -> Result<Vec<HistoryEvent>, ProviderError> {
+        let hub = self.hub();
+        let Some(i) = hub.instances.get(instance_id) else {
+            return Ok(Vec::new());
+        };
+        if let Some(e) = execution_id
+            && history_execution_id(&i.history) != Some(e)
+        {
+            return Err(err(
+                ProviderErrorKind::NotFound,
+                "get_history",
+                format!("execution '{e}' is not current"),
+            ));
+        }
+        Ok(i.history.clone())
+    }
+
+    async fn query(&self, query: &OrchestrationQuery) -> Result<QueryResult, ProviderError> {
+        let hub = self.hub();
+        let page = query.page_size.max(1);
+        let start = query.continuation_token.clone();
+        let mut states = Vec::new();
+        let mut more = false;
+        let range = hub
+            .instances
+            .iter()
+            .filter(|(k, _)| start.as_ref().is_none_or(|s| k.as_str() > s.as_str()));
+        for (id, inst) in range {
+            let r = &inst.row;
+            let ok = (query.runtime_status.is_empty()
+                || query.runtime_status.contains(&r.orchestration_status))
+                && query.created_from.is_none_or(|f| r.created_time >= f)
+                && query.created_to.is_none_or(|t| r.created_time <= t)
+                && query.instance_id_prefix.as_ref().is_none_or(|p| id.starts_with(p.as_str()));
+            if !ok {
+                continue;
+            }
+            if states.len() == page {
+                more = true;
+                break;
+            }
+            states.push(if query.fetch_inputs_and_outputs {
+                r.clone()
+            } else {
+                r.clone().without_payloads()
+            });
+        }
+        let continuation_token =
+            if more { states.last().map(|s| s.instance_id().to_owned()) } else { None };
+        Ok(QueryResult { states, continuation_token })
+    }
+
+    async fn purge_instance(&self, instance_id: &str) -> Result<PurgeResult, ProviderError> {
+        let mut hub = self.hub();
+        match hub.instances.get(instance_id) {
+            None => Ok(PurgeResult::default()),
+            Some(i) if !i.row.orchestration_status.is_terminal() => Err(err(
+                ProviderErrorKind::PreconditionFailed,
+                "purge_instance",
+                format!("instance '{instance_id}' is {}", i.row.orchestration_status),
+            )),
+            Some(_) => {
+                hub.instances.remove(instance_id);
+                Ok(PurgeResult { deleted_instance_count: 1 })
+            }
+        }
+    }
+
+    async fn purge_by_filter(&self, filter: &PurgeFilter) -> Result<PurgeResult, ProviderError> {
+        let statuses: Vec<OrchestrationStatus> = if filter.runtime_status.is_empty() {
+            OrchestrationStatus::TERMINAL.to_vec()
+        } else {
+            filter.runtime_status.iter().copied().filter(|s| s.is_terminal()).collect()
+        };
+        let mut hub = self.hub();
+        let doomed: Vec<String> = hub
+            .instances
+            .iter()
+            .filter(|(_, i)| {
+                let r = &i.row;
+                statuses.contains(&r.orchestration_status)
+                    && r.created_time >= filter.created_from
+                    && filter.created_to.is_none_or(|t| r.created_time <= t)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &doomed {
+            hub.instances.remove(k);
+        }
+        Ok(PurgeResult { deleted_instance_count: doomed.len() })
+    }
+}
+
+/// [`ProviderFactory`](crate::conformance::ProviderFactory) for the in-memory provider: every hub
+/// is a new [`InMemoryOrchestrationService`].
+#[derive(Debug, Clone, Default)]
+pub struct MemoryFactory {
+    /// Settings for each hub.
+    pub settings: MemorySettings,
+}
+
+#[async_trait]
+impl crate::conformance::ProviderFactory for MemoryFactory {
+    async fn create_hub(&self) -> crate::conformance::TestHub {
+        let svc = Arc::new(InMemoryOrchestrationService::new(self.settings.clone()));
+        crate::conformance::TestHub { service: svc.clone(), client: svc }
+    }
+}
