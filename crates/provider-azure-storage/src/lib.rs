@@ -14,14 +14,17 @@
 //! # Ok(()) }
 //! ```
 
+pub mod envelope;
 pub mod error;
 pub mod keys;
 pub mod large;
 pub mod naming;
 pub mod partition_store;
+mod service;
 pub mod settings;
 pub mod storage;
 
 pub use error::{Error, Result};
 pub use naming::{ResourceNames, TaskHubName};
+pub use service::{AzureStorageOrchestrationService, CrashHook, CrashPoint, HubInfo, StorageStack};
 pub use settings::{AzureStorageSettings, PartitionManagerKind};

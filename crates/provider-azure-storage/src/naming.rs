@@ -68,6 +68,9 @@ pub struct ResourceNames {
     pub leases_container: String,
     /// `{hub}-largemessages` (lowercase).
     pub large_messages_container: String,
+    /// `{hub}-poison` (lowercase): undecodable messages are moved here after repeated failures
+    /// (not part of the .NET layout; .NET leaves them in the source queue forever).
+    pub poison_queue: String,
 }
 
 impl ResourceNames {
@@ -84,6 +87,7 @@ impl ResourceNames {
             partitions_table: format!("{hub}Partitions"),
             leases_container: format!("{lower}-leases"),
             large_messages_container: format!("{lower}-largemessages"),
+            poison_queue: format!("{lower}-poison"),
         }
     }
 }

@@ -29,6 +29,13 @@ use std::time::Duration;
 /// seconds (68 years), which is equivalent for a task hub.
 const MESSAGE_TTL: Duration = Duration::from_secs(i32::MAX as u64);
 
+/// The queue service counts visibility in whole seconds; round up so a message never becomes
+/// visible before the caller asked (a durable timer must not fire early).
+fn whole_seconds_up(d: Duration) -> Duration {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    Duration::from_secs(secs)
+}
+
 /// Azure Storage through the official SDK clients, with per-call timeouts, error classification
 /// and operation counting. SDK retries are off: the provider decides what is safe to retry (a
 /// conditional write that timed out may have committed).
@@ -208,7 +215,7 @@ impl QueueStore for AzureStorage {
         let client = self.queues.queue_client(queue);
         let fut = client
             .put_message(text)
-            .visibility_timeout(VisibilityTimeout::new(initial_visibility))
+            .visibility_timeout(VisibilityTimeout::new(whole_seconds_up(initial_visibility)))
             .ttl(MessageTTL::new(MESSAGE_TTL))
             .into_future();
         self.call(StorageOp::QueuePut, "put message", fut).await.map(drop)
@@ -231,7 +238,7 @@ impl QueueStore for AzureStorage {
         let fut = client
             .get_messages()
             .number_of_messages(NumberOfMessages::new(max))
-            .visibility_timeout(VisibilityTimeout::new(visibility))
+            .visibility_timeout(VisibilityTimeout::new(whole_seconds_up(visibility)))
             .into_future();
         let resp = self.call(StorageOp::QueueGet, "get messages", fut).await?;
         Ok(resp
@@ -277,7 +284,8 @@ impl QueueStore for AzureStorage {
     ) -> StorageResult<String> {
         let client =
             self.queues.queue_client(queue).pop_receipt_client(PopReceipt::new(id, pop_receipt));
-        let fut = client.update(text, VisibilityTimeout::new(visibility)).into_future();
+        let fut =
+            client.update(text, VisibilityTimeout::new(whole_seconds_up(visibility))).into_future();
         match self.call(StorageOp::QueueUpdate, "update message", fut).await {
             Ok(resp) => Ok(resp.pop_receipt),
             Err(e) if e.code() == Some("PopReceiptMismatch") => Err(StorageError::new(

@@ -21,3 +21,68 @@ impl TestHub {
         })
     }
 }
+
+/// Builds providers over fresh task hubs for the conformance suite.
+pub(crate) struct AzureFactory {
+    account: StorageAccount,
+    test: String,
+}
+
+/// Provider settings for tests: short leases so partitions are acquired at once.
+pub(crate) fn test_settings(
+    test: &str,
+    partitions: u8,
+) -> durabletask_azure_storage::AzureStorageSettings {
+    let hub = TaskHubName::new(unique_hub_name(test)).expect("generated hub names are valid");
+    let mut s = durabletask_azure_storage::AzureStorageSettings::new(hub);
+    s.partition_count = partitions;
+    s.lease_interval = Duration::from_secs(15);
+    s.lease_renew_interval = Duration::from_secs(4);
+    s.lease_acquire_interval = Duration::from_secs(2);
+    s.max_queue_polling_interval = Duration::from_millis(500);
+    s.max_concurrent_activity_work_items = 32;
+    s.storage_operation_timeout = Duration::from_secs(20);
+    s
+}
+
+/// The conformance factory, or `None` to skip.
+pub(crate) fn azure_factory(test: &str) -> Option<AzureFactory> {
+    let env = AzuriteEnv::from_env_or_skip(test)?;
+    let account = StorageAccount::from_connection_string(env.connection_string())
+        .expect("test connection string parses");
+    Some(AzureFactory { account, test: test.to_owned() })
+}
+
+/// A provider over a fresh hub (not yet created).
+pub(crate) fn provider(
+    account: &StorageAccount,
+    settings: durabletask_azure_storage::AzureStorageSettings,
+) -> durabletask_azure_storage::AzureStorageOrchestrationService {
+    durabletask_azure_storage::AzureStorageOrchestrationService::new(settings, account)
+        .expect("valid settings")
+}
+
+/// An Azurite account, or `None` to skip.
+#[allow(dead_code)] // used by provider tests
+pub(crate) fn account(test: &str) -> Option<StorageAccount> {
+    let env = AzuriteEnv::from_env_or_skip(test)?;
+    Some(StorageAccount::from_connection_string(env.connection_string()).expect("parses"))
+}
+
+#[async_trait::async_trait]
+impl durabletask_testkit::conformance::ProviderFactory for AzureFactory {
+    async fn create_hub(&self) -> durabletask_testkit::conformance::TestHub {
+        let svc = provider(&self.account, test_settings(&self.test, 4));
+        durabletask_testkit::conformance::TestHub {
+            service: std::sync::Arc::new(svc.clone()),
+            client: std::sync::Arc::new(svc),
+        }
+    }
+
+    fn config(&self) -> durabletask_testkit::conformance::ConformanceConfig {
+        durabletask_testkit::conformance::ConformanceConfig {
+            timeout: Duration::from_secs(120),
+            ..Default::default()
+        }
+    }
+}

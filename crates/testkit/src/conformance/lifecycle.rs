@@ -58,7 +58,9 @@ pub async fn terminate_pending(f: &dyn ProviderFactory) {
     let id = inst.instance_id;
     let pending = h.client.get_state(&id).await.expect("state").expect("exists");
     assert_eq!(pending.orchestration_status, OrchestrationStatus::Pending);
-    assert_eq!(pending.scheduled_start_time, Some(start_at));
+    // Storage keeps timestamps at 100 ns resolution (DTF ticks).
+    let stored = pending.scheduled_start_time.expect("scheduled start time");
+    assert!((stored - start_at).abs() < time::Duration::microseconds(1), "{stored} vs {start_at}");
     h.client.terminate(&id, "cancelled").await.expect("terminate");
     let s = h.wait(&id).await;
     assert_eq!(s.orchestration_status, OrchestrationStatus::Terminated, "{s:?}");

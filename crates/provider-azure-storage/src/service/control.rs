@@ -1,0 +1,1092 @@
+//! Control queues: one poller per owned partition, the worker-wide message buffer, the
+//! background prefetch that turns a buffered batch into a ready work item, and the partition
+//! listener that starts, drains and drops pollers as ownership moves.
+//!
+//! Life of an instance's messages: a poller receives and decodes them (large envelopes are
+//! downloaded; undecodable ones back off and are quarantined), re-arms timers that are not due
+//! yet, and buffers them by instance. An instance with buffered messages and no work in progress
+//! becomes *busy*: its batch is taken and a prefetch task loads its history (from the owner's
+//! cache when the sentinel ETag is known) and, when needed, its Instances row; applies the start
+//! de-duplication, the out-of-order rule and the executability checks; and queues the result as a
+//! prepared work item. Messages that arrive while an instance is busy wait in the buffer for the
+//! next work item (one work item per instance at a time).
+
+use super::tracking::{self, InstanceRow, LoadedHistory};
+use super::{Inner, MAX_VISIBILITY, perr};
+use crate::envelope::MessageData;
+use crate::keys::partition_index;
+use crate::storage::{ReceivedMessage, StorageErrorKind};
+use async_trait::async_trait;
+use durabletask_core::{
+    EventKind, HistoryEvent, OrchestrationStatus, ProviderError, ProviderErrorKind, TaskMessage,
+};
+use durabletask_partition_manager::{Partition, PartitionListener};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+/// Dequeue count at which an undecodable message is moved to the poison queue.
+pub(crate) const QUARANTINE_DEQUEUE_COUNT: u64 = 5;
+/// Dequeue count from which DTF logs `PoisonMessageDetected` (back-off reached its 600 s cap).
+pub(crate) const POISON_DEQUEUE_COUNT: u64 = 10;
+/// Top-level starts whose Instances row never appears are dropped after this many deliveries.
+const ORPHAN_START_DEQUEUE_COUNT: u64 = 10;
+/// Responses to an instance with no history are treated as zombies after this many deliveries.
+const ZOMBIE_DEQUEUE_COUNT: u64 = 5;
+/// Cached histories kept by the partition owner.
+const HISTORY_CACHE_LIMIT: usize = 4096;
+
+/// DTF's abandon back-off: `min(2^dequeue_count, 600)` seconds.
+pub(crate) fn poison_backoff(dequeue_count: u64) -> Duration {
+    Duration::from_secs(1u64 << dequeue_count.min(10)).min(Duration::from_secs(600))
+}
+
+/// Queue lengths and ownership of a task hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubInfo {
+    /// Whether the hub's queues exist.
+    pub exists: bool,
+    /// The task hub name.
+    pub task_hub: String,
+    /// Number of control queues.
+    pub partition_count: u8,
+    /// Control queues with their approximate lengths.
+    pub control_queues: Vec<(String, u64)>,
+    /// Approximate length of the work-item queue.
+    pub work_item_queue_length: u64,
+    /// Approximate length of the poison queue.
+    pub poison_queue_length: u64,
+    /// Control queues this process owns now.
+    pub owned_partitions: Vec<String>,
+}
+
+pub(crate) async fn hub_info(inner: &Inner) -> Result<HubInfo, ProviderError> {
+    let count = |q: String| async move {
+        match inner.queues.approximate_message_count(&q).await {
+            Ok(n) => Ok((q, Some(n))),
+            Err(e) if e.kind() == StorageErrorKind::NotFound => Ok((q, None)),
+            Err(e) => Err(super::provider_error("hub_info", e)),
+        }
+    };
+    let (_, work) = count(inner.names.work_item_queue.clone()).await?;
+    let (_, poison) = count(inner.names.poison_queue.clone()).await?;
+    let mut control = Vec::new();
+    for q in &inner.names.control_queues {
+        let (q, n) = count(q.clone()).await?;
+        control.push((q, n.unwrap_or(0)));
+    }
+    Ok(HubInfo {
+        exists: work.is_some(),
+        task_hub: inner.settings.task_hub_name.as_str().to_owned(),
+        partition_count: inner.settings.partition_count,
+        control_queues: control,
+        work_item_queue_length: work.unwrap_or(0),
+        poison_queue_length: poison.unwrap_or(0),
+        owned_partitions: inner
+            .partitions
+            .owned_partitions()
+            .into_iter()
+            .map(|p| p.control_queue)
+            .collect(),
+    })
+}
+
+/// A received, decoded control-queue message.
+#[derive(Debug, Clone)]
+pub(crate) struct Buffered {
+    pub(crate) queue: String,
+    pub(crate) id: String,
+    pub(crate) pop_receipt: String,
+    pub(crate) dequeue_count: u64,
+    pub(crate) next_visible: OffsetDateTime,
+    pub(crate) insertion_time: OffsetDateTime,
+    pub(crate) sequence_number: i64,
+    pub(crate) message: TaskMessage,
+    /// The queue text as received (visibility updates must send it back unchanged).
+    pub(crate) text: String,
+}
+
+/// What the partition owner remembers about an instance between work items.
+#[derive(Debug, Clone)]
+pub(crate) struct CachedInstance {
+    pub(crate) queue: String,
+    pub(crate) events: Vec<HistoryEvent>,
+    pub(crate) sentinel_etag: Option<String>,
+    pub(crate) instance_etag: Option<String>,
+    pub(crate) blobs: Vec<String>,
+}
+
+/// A work item ready to be locked.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) instance_id: String,
+    pub(crate) queue: String,
+    pub(crate) messages: Vec<Buffered>,
+    pub(crate) history: LoadedHistory,
+    pub(crate) instance_etag: Option<String>,
+    pub(crate) instance_exists: bool,
+}
+
+#[derive(Default)]
+struct Buffers {
+    /// Messages waiting for the instance's next work item.
+    pending: HashMap<String, Vec<Buffered>>,
+    /// Instances with a prefetch, a prepared or a locked work item, and their queue.
+    busy: HashMap<String, String>,
+    /// Work items ready to lock, FIFO.
+    prepared: VecDeque<Prepared>,
+    /// Ids of every message held in memory (threshold and duplicate detection).
+    held: HashSet<String>,
+    /// History cache of the partition owner.
+    cache: HashMap<String, CachedInstance>,
+    /// Instances whose next prefetch must read storage (a cached assumption failed).
+    force_read: HashSet<String>,
+}
+
+struct Poller {
+    cancel: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Control-queue state of one provider.
+pub(crate) struct ControlState {
+    buffers: Mutex<Buffers>,
+    ready: Notify,
+    wakers: Vec<Arc<Notify>>,
+    pollers: Mutex<HashMap<String, Poller>>,
+    pub(crate) stopped: AtomicBool,
+}
+
+impl ControlState {
+    pub(crate) fn new(names: &crate::naming::ResourceNames) -> Self {
+        Self {
+            buffers: Mutex::new(Buffers::default()),
+            ready: Notify::new(),
+            wakers: names.control_queues.iter().map(|_| Arc::new(Notify::new())).collect(),
+            pollers: Mutex::new(HashMap::new()),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Buffers> {
+        self.buffers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Resets the poll back-off of a control queue after a local send.
+    pub(crate) fn wake(&self, partition: u8) {
+        if let Some(w) = self.wakers.get(usize::from(partition)) {
+            w.notify_one();
+        }
+    }
+
+    /// Takes the next prepared work item whose partition is still owned.
+    pub(crate) fn pop_prepared(&self, inner: &Inner) -> (Option<Prepared>, Vec<Prepared>) {
+        let mut b = self.lock();
+        let mut dropped = Vec::new();
+        while let Some(p) = b.prepared.pop_front() {
+            if inner.partitions.is_owned(&p.queue) {
+                return (Some(p), dropped);
+            }
+            dropped.push(p);
+        }
+        (None, dropped)
+    }
+
+    pub(crate) async fn wait_ready(&self, deadline: tokio::time::Instant) -> bool {
+        tokio::time::timeout_at(deadline, self.ready.notified()).await.is_ok()
+    }
+
+    /// Remembers an instance's history after a successful checkpoint.
+    pub(crate) fn cache_put(&self, instance_id: &str, entry: CachedInstance) {
+        let mut b = self.lock();
+        if b.cache.len() >= HISTORY_CACHE_LIMIT && !b.cache.contains_key(instance_id) {
+            // Evict an arbitrary tenth; the next work item of those instances reads storage.
+            let victims: Vec<String> =
+                b.cache.keys().take(HISTORY_CACHE_LIMIT / 10).cloned().collect();
+            for v in victims {
+                b.cache.remove(&v);
+            }
+        }
+        b.force_read.remove(instance_id);
+        b.cache.insert(instance_id.to_owned(), entry);
+    }
+
+    /// Forgets an instance's cached history; its next prefetch reads storage.
+    pub(crate) fn cache_invalidate(&self, instance_id: &str) {
+        let mut b = self.lock();
+        b.cache.remove(instance_id);
+        b.force_read.insert(instance_id.to_owned());
+    }
+
+    /// Ends the instance's work item: its messages leave memory and, if more arrived meanwhile,
+    /// the next batch is scheduled.
+    pub(crate) fn finish(inner: &Arc<Inner>, instance_id: &str, message_ids: &[String]) {
+        let next = {
+            let mut b = inner.control.lock();
+            for id in message_ids {
+                b.held.remove(id);
+            }
+            b.busy.remove(instance_id);
+            take_batch(&mut b, instance_id)
+        };
+        if let Some((queue, batch)) = next {
+            spawn_prefetch(inner, instance_id.to_owned(), queue, batch);
+        }
+    }
+}
+
+fn take_batch(b: &mut Buffers, instance_id: &str) -> Option<(String, Vec<Buffered>)> {
+    if b.busy.contains_key(instance_id) {
+        return None;
+    }
+    let batch = b.pending.remove(instance_id)?;
+    let queue = batch.first()?.queue.clone();
+    b.busy.insert(instance_id.to_owned(), queue.clone());
+    Some((queue, batch))
+}
+
+fn spawn_prefetch(inner: &Arc<Inner>, instance_id: String, queue: String, batch: Vec<Buffered>) {
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        prefetch(&inner, instance_id, queue, batch).await;
+    });
+}
+
+/// Queue name of an instance's control queue.
+pub(crate) fn control_queue_of(inner: &Inner, instance_id: &str) -> (u8, String) {
+    let p = partition_index(instance_id, inner.settings.partition_count);
+    (p, inner.names.control_queues[usize::from(p)].clone())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Polling
+
+/// Decodes a received message, downloading a large envelope. `Err` carries the reason.
+pub(crate) async fn decode(inner: &Inner, m: &ReceivedMessage) -> Result<MessageData, String> {
+    let data = MessageData::decode_text(&m.text).map_err(|e| e.to_string())?;
+    let Some(blob) = data.compressed_blob_name.clone() else {
+        return Ok(data);
+    };
+    let bytes = inner.large.download(&blob).await.map_err(|e| e.to_string())?;
+    let full = MessageData::from_bytes(&bytes).map_err(|e| e.to_string())?;
+    if full.task_message.is_none() {
+        return Err(format!("large-message blob {blob} holds no task message"));
+    }
+    Ok(full)
+}
+
+/// Handles a message that cannot be decoded: back off, and quarantine it in the poison queue
+/// once it has failed [`QUARANTINE_DEQUEUE_COUNT`] times. The worker keeps running either way.
+pub(crate) async fn undecodable(inner: &Inner, queue: &str, m: &ReceivedMessage, reason: &str) {
+    if m.dequeue_count >= QUARANTINE_DEQUEUE_COUNT {
+        let record = serde_json::json!({
+            "sourceQueue": queue,
+            "messageId": m.id,
+            "dequeueCount": m.dequeue_count,
+            "insertionTime": m.insertion_time.unix_timestamp(),
+            "reason": reason,
+            "text": m.text,
+        })
+        .to_string();
+        let poison = &inner.names.poison_queue;
+        match inner.queues.put_message(poison, &record, Duration::ZERO).await {
+            Ok(()) => {
+                tracing::error!(
+                    queue, message_id = %m.id, dequeue_count = m.dequeue_count, reason,
+                    poison_queue = %poison,
+                    "PoisonMessageDetected: undecodable message quarantined"
+                );
+                let _ = inner.queues.delete_message(queue, &m.id, &m.pop_receipt).await;
+            }
+            Err(e) => {
+                tracing::error!(queue, message_id = %m.id, error = %e, "MessageFailure: quarantine failed");
+            }
+        }
+        return;
+    }
+    let delay = poison_backoff(m.dequeue_count);
+    tracing::warn!(
+        queue, message_id = %m.id, dequeue_count = m.dequeue_count, reason,
+        delay_secs = delay.as_secs(), "MessageFailure: cannot decode message; abandoning"
+    );
+    let _ = inner.queues.update_message(queue, &m.id, &m.pop_receipt, &m.text, delay).await;
+}
+
+/// When a message is not due yet (timers, delayed starts), how long it should stay hidden.
+fn not_due(message: &TaskMessage, now: OffsetDateTime) -> Option<Duration> {
+    let due = match &message.event.kind {
+        EventKind::TimerFired { fire_at, .. } => *fire_at,
+        EventKind::ExecutionStarted(s) => s.scheduled_start_time?,
+        _ => return None,
+    };
+    let wait = due - now;
+    // Strictly: a timer that arrives even a millisecond early is re-armed (the storage layer
+    // rounds visibility up to whole seconds), so orchestration time never sees it early.
+    (wait > time::Duration::ZERO)
+        .then(|| Duration::try_from(wait).unwrap_or(MAX_VISIBILITY).min(MAX_VISIBILITY))
+}
+
+struct Backoff {
+    misses: u32,
+    max: Duration,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        const MIN_MS: f64 = 50.0;
+        self.misses = self.misses.saturating_add(1);
+        if self.misses == 1 {
+            return Duration::from_millis(50);
+        }
+        let factor: f64 = rand::random::<f64>().mul_add(0.4, 0.8);
+        let exp = 2f64.powi(i32::try_from(self.misses.min(20) - 1).unwrap_or(20));
+        let ms = MIN_MS + factor * exp * MIN_MS;
+        Duration::from_secs_f64(ms / 1000.0).min(self.max)
+    }
+}
+
+async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc<AtomicBool>) {
+    let Some(waker) =
+        inner.upgrade().and_then(|i| i.control.wakers.get(usize::from(partition)).cloned())
+    else {
+        return;
+    };
+    let mut backoff = Backoff { misses: 0, max: Duration::from_millis(50) };
+    let mut limit_logged = false;
+    loop {
+        if cancel.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        backoff.max = inner.settings.max_queue_polling_interval;
+        if inner.control.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let held = inner.control.lock().held.len();
+        if held >= inner.settings.control_queue_buffer_threshold {
+            if !limit_logged {
+                tracing::info!(queue, held, "PendingOrchestratorMessageLimitReached");
+                limit_logged = true;
+            }
+            drop(inner);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        limit_logged = false;
+        let received = inner
+            .queues
+            .get_messages(
+                &queue,
+                inner.settings.control_queue_batch_size,
+                inner.settings.control_queue_visibility_timeout,
+            )
+            .await;
+        let received = match received {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(queue, error = %e, "MessageFailure: control queue receive failed");
+                drop(inner);
+                tokio::time::sleep(backoff.next().max(Duration::from_millis(500))).await;
+                continue;
+            }
+        };
+        if received.is_empty() {
+            let wait = backoff.next();
+            drop(inner);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = waker.notified() => { backoff.misses = 0; }
+            }
+            continue;
+        }
+        backoff.misses = 0;
+        let now = inner.clock.now();
+        let mut decoded = Vec::with_capacity(received.len());
+        let results = futures::future::join_all(received.iter().map(|m| decode(&inner, m))).await;
+        for (m, r) in received.into_iter().zip(results) {
+            match r {
+                Err(reason) => undecodable(&inner, &queue, &m, &reason).await,
+                Ok(data) => {
+                    let Some(message) = data.task_message else { continue };
+                    if let Some(wait) = not_due(&message, now) {
+                        // Timers longer than the queue's 7-day visibility limit are re-armed here.
+                        let _ = inner
+                            .queues
+                            .update_message(&queue, &m.id, &m.pop_receipt, &m.text, wait)
+                            .await;
+                        continue;
+                    }
+                    tracing::debug!(
+                        queue, message_id = %m.id, dequeue_count = m.dequeue_count,
+                        event_type = %message.event.event_type(),
+                        instance_id = %message.orchestration_instance.instance_id,
+                        "ReceivedMessage"
+                    );
+                    decoded.push(Buffered {
+                        queue: queue.clone(),
+                        id: m.id,
+                        pop_receipt: m.pop_receipt,
+                        dequeue_count: m.dequeue_count,
+                        next_visible: m.next_visible,
+                        insertion_time: m.insertion_time,
+                        sequence_number: data.sequence_number,
+                        message,
+                        text: m.text,
+                    });
+                }
+            }
+        }
+        decoded.sort_by(|a, b| {
+            a.insertion_time
+                .unix_timestamp()
+                .cmp(&b.insertion_time.unix_timestamp())
+                .then(a.sequence_number.cmp(&b.sequence_number))
+        });
+        if cancel.load(Ordering::Acquire) || !inner.partitions.is_owned(&queue) {
+            // Lost the partition while receiving: make the messages visible to the new owner.
+            release_messages(&inner, decoded);
+            return;
+        }
+        let mut to_start = Vec::new();
+        {
+            let mut b = inner.control.lock();
+            for m in decoded {
+                let instance = m.message.orchestration_instance.instance_id.clone();
+                let list = b.pending.entry(instance.clone()).or_default();
+                if let Some(existing) = list.iter_mut().find(|x| x.id == m.id) {
+                    tracing::warn!(message_id = %m.id, instance_id = %instance, "DuplicateMessageDetected: newer delivery replaces the buffered copy");
+                    *existing = m;
+                } else {
+                    b.held.insert(m.id.clone());
+                    b.pending.entry(instance.clone()).or_default().push(m);
+                }
+                if !to_start.contains(&instance) {
+                    to_start.push(instance);
+                }
+            }
+            let mut batches = Vec::new();
+            for instance in to_start {
+                if let Some((q, batch)) = take_batch(&mut b, &instance) {
+                    batches.push((instance, q, batch));
+                }
+            }
+            drop(b);
+            for (instance, q, batch) in batches {
+                spawn_prefetch(&inner, instance, q, batch);
+            }
+        }
+    }
+}
+
+/// Makes messages visible again at once (best effort) and forgets them.
+pub(crate) fn release_messages(inner: &Arc<Inner>, messages: Vec<Buffered>) {
+    if messages.is_empty() {
+        return;
+    }
+    {
+        let mut b = inner.control.lock();
+        for m in &messages {
+            b.held.remove(&m.id);
+        }
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        for m in messages {
+            let _ = inner
+                .queues
+                .update_message(&m.queue, &m.id, &m.pop_receipt, &m.text, Duration::ZERO)
+                .await;
+        }
+    });
+}
+
+/// Abandons messages with a visibility delay (out-of-order, deferred starts).
+pub(crate) async fn defer_messages(inner: &Inner, messages: &[Buffered], delay: Duration) {
+    for m in messages {
+        tracing::warn!(
+            message_id = %m.id, instance_id = %m.message.orchestration_instance.instance_id,
+            dequeue_count = m.dequeue_count, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            event_type = %m.message.event.event_type(), "AbandoningMessage"
+        );
+        update_visibility(inner, m, delay).await;
+    }
+}
+
+/// Changes a message's visibility without changing its content (the text is re-sent as is: the
+/// update API requires it).
+pub(crate) async fn update_visibility(
+    inner: &Inner,
+    m: &Buffered,
+    delay: Duration,
+) -> Option<String> {
+    match inner.queues.update_message(&m.queue, &m.id, &m.pop_receipt, &m.text, delay).await {
+        Ok(receipt) => Some(receipt),
+        Err(e) => {
+            tracing::warn!(message_id = %m.id, error = %e, "MessageGone");
+            None
+        }
+    }
+}
+
+pub(crate) async fn delete_messages(inner: &Inner, messages: &[(String, String, String)]) {
+    let deletes = messages.iter().map(|(queue, id, receipt)| async move {
+        match inner.queues.delete_message(queue, id, receipt).await {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), StorageErrorKind::NotFound | StorageErrorKind::PreconditionFailed | StorageErrorKind::InvalidInput) => {
+                tracing::warn!(queue, message_id = %id, "MessageGone: already deleted or redelivered");
+            }
+            Err(e) => tracing::warn!(queue, message_id = %id, error = %e, "MessageFailure: delete failed"),
+        }
+    });
+    futures::future::join_all(deletes).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefetch
+
+fn is_top_level_start(m: &TaskMessage) -> bool {
+    matches!(&m.event.kind, EventKind::ExecutionStarted(s) if s.parent_instance.is_none())
+}
+
+fn response_target(m: &TaskMessage) -> Option<(i32, bool)> {
+    match &m.event.kind {
+        EventKind::TaskCompleted { task_scheduled_id, .. }
+        | EventKind::TaskFailed { task_scheduled_id, .. }
+        | EventKind::SubOrchestrationInstanceCompleted { task_scheduled_id, .. }
+        | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id, .. } => {
+            Some((*task_scheduled_id, false))
+        }
+        EventKind::TimerFired { timer_id, .. } => Some((*timer_id, true)),
+        _ => None,
+    }
+}
+
+fn history_status(events: &[HistoryEvent]) -> Option<(OrchestrationStatus, Option<String>)> {
+    events.iter().rev().find_map(|e| match &e.kind {
+        EventKind::ExecutionCompleted { orchestration_status, result, failure_details } => Some((
+            *orchestration_status,
+            failure_details.as_ref().map(ToString::to_string).or_else(|| result.clone()),
+        )),
+        _ => None,
+    })
+}
+
+fn history_execution(events: &[HistoryEvent]) -> Option<&str> {
+    events.iter().find_map(|e| match &e.kind {
+        EventKind::ExecutionStarted(s) => s.orchestration_instance.execution_id.as_deref(),
+        _ => None,
+    })
+}
+
+async fn prefetch(inner: &Arc<Inner>, instance_id: String, queue: String, batch: Vec<Buffered>) {
+    let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
+    match build(inner, &instance_id, &queue, batch).await {
+        Ok(Some(prepared)) => {
+            if inner.partitions.is_owned(&queue) && !inner.control.stopped.load(Ordering::Acquire) {
+                inner.control.lock().prepared.push_back(prepared);
+                inner.control.ready.notify_one();
+            } else {
+                release_messages(inner, prepared.messages);
+                ControlState::finish(inner, &instance_id, &ids);
+            }
+        }
+        Ok(None) => ControlState::finish(inner, &instance_id, &ids),
+        Err((e, batch)) => {
+            tracing::error!(instance_id, error = %e, "OrchestrationProcessingFailure: prefetch failed");
+            inner.control.cache_invalidate(&instance_id);
+            defer_messages(inner, &batch, Duration::from_secs(5)).await;
+            ControlState::finish(inner, &instance_id, &ids);
+        }
+    }
+}
+
+/// Loads state for a batch and applies the provider-side checks. `Ok(None)`: nothing to run
+/// (everything was discarded or deferred).
+async fn build(
+    inner: &Arc<Inner>,
+    instance_id: &str,
+    queue: &str,
+    batch: Vec<Buffered>,
+) -> Result<Option<Prepared>, (ProviderError, Vec<Buffered>)> {
+    let (cached, force) = {
+        let b = inner.control.lock();
+        (
+            b.cache.get(instance_id).filter(|c| c.queue == queue).cloned(),
+            b.force_read.contains(instance_id),
+        )
+    };
+    let has_start = batch.iter().any(|m| is_top_level_start(&m.message));
+    let needs_row = |history_empty: bool, etag_known: bool| {
+        has_start || history_empty || (inner.settings.use_instance_table_etag && !etag_known)
+    };
+    let fail = |e: crate::storage::StorageError, batch: Vec<Buffered>| {
+        (super::provider_error("prefetch", e), batch)
+    };
+
+    // History: the owner's cache, or storage.
+    let (mut history, mut instance_etag, cache_hit) = match cached {
+        Some(c) => (
+            LoadedHistory { events: c.events, sentinel_etag: c.sentinel_etag, blobs: c.blobs },
+            c.instance_etag,
+            true,
+        ),
+        None => (LoadedHistory::default(), None, false),
+    };
+    let mut row: Option<InstanceRow> = None;
+    let mut row_read = false;
+    if !cache_hit {
+        // A brand-new instance (first delivery of its first start, Generation 0 row) has no
+        // history yet: skip the read and insert the sentinel; a 409 means we were wrong and the
+        // next attempt reads.
+        if has_start && !force && batch.iter().all(|m| m.dequeue_count == 1) {
+            match tracking::read_instance(inner, instance_id, false).await {
+                Ok(r) => row = r,
+                Err(e) => return Err(fail(e, batch)),
+            }
+            row_read = true;
+        }
+        let fresh = row.as_ref().is_some_and(|r| {
+            r.state.orchestration_status == OrchestrationStatus::Pending
+                && r.state.generation.unwrap_or(0) == 0
+                && batch.iter().any(|m| match &m.message.event.kind {
+                    EventKind::ExecutionStarted(s) => {
+                        s.orchestration_instance.execution_id
+                            == r.state.orchestration_instance.execution_id
+                    }
+                    _ => false,
+                })
+        });
+        if !fresh {
+            match tracking::read_history(inner, instance_id).await {
+                Ok(h) => history = h,
+                Err(e) => return Err(fail(e, batch)),
+            }
+        }
+    }
+    if !row_read && needs_row(history.events.is_empty(), instance_etag.is_some()) {
+        match tracking::read_instance(inner, instance_id, false).await {
+            Ok(r) => row = r,
+            Err(e) => return Err(fail(e, batch)),
+        }
+        row_read = true;
+    }
+    if row_read {
+        instance_etag = row.as_ref().and_then(|r| r.etag.clone());
+    }
+
+    let now = inner.clock.now();
+    let current_exec = history_execution(&history.events).map(str::to_owned);
+    let mut keep: Vec<Buffered> = Vec::new();
+    let mut discard: Vec<Buffered> = Vec::new();
+    let mut defer: Vec<(Buffered, Duration)> = Vec::new();
+    let mut reread_done = false;
+    for m in batch {
+        if is_top_level_start(&m.message) && !inner.settings.disable_execution_started_deduplication
+        {
+            let EventKind::ExecutionStarted(s) = &m.message.event.kind else { continue };
+            let msg_exec = s.orchestration_instance.execution_id.clone();
+            if row.is_none() && m.dequeue_count <= 1 && !reread_done {
+                // The client enqueues before it writes the row: give it a moment once.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                reread_done = true;
+                match tracking::read_instance(inner, instance_id, false).await {
+                    Ok(r) => {
+                        instance_etag = r.as_ref().and_then(|r| r.etag.clone());
+                        row = r;
+                    }
+                    Err(e) => {
+                        let mut back = vec![m];
+                        back.extend(keep);
+                        return Err(fail(e, back));
+                    }
+                }
+            }
+            match &row {
+                None => {
+                    if m.dequeue_count >= ORPHAN_START_DEQUEUE_COUNT {
+                        tracing::warn!(
+                            instance_id,
+                            "DuplicateMessageDetected: start without an Instances row; discarding"
+                        );
+                        discard.push(m);
+                    } else {
+                        let d = Duration::from_millis(500 * m.dequeue_count);
+                        defer.push((m, d));
+                    }
+                }
+                Some(r) if r.state.orchestration_instance.execution_id == msg_exec => {
+                    let never_started = current_exec.as_deref() != msg_exec.as_deref();
+                    if r.state.orchestration_status.is_terminal() && never_started {
+                        tracing::info!(
+                            instance_id,
+                            "DiscardingWorkItem: instance was terminated before it started"
+                        );
+                        discard.push(m);
+                    } else {
+                        keep.push(m);
+                    }
+                }
+                Some(r) => {
+                    if r.state.created_time > m.message.event.timestamp
+                        || m.dequeue_count >= ORPHAN_START_DEQUEUE_COUNT
+                    {
+                        tracing::warn!(
+                            instance_id,
+                            "DuplicateMessageDetected: stale ExecutionStarted discarded"
+                        );
+                        discard.push(m);
+                    } else {
+                        let d = Duration::from_millis(500 * m.dequeue_count);
+                        defer.push((m, d));
+                    }
+                }
+            }
+            continue;
+        }
+        if let Some((target, is_timer)) = response_target(&m.message) {
+            let in_order = history.events.iter().any(|e| {
+                e.event_id == target
+                    && if is_timer {
+                        matches!(e.kind, EventKind::TimerCreated { .. })
+                    } else {
+                        matches!(
+                            e.kind,
+                            EventKind::TaskScheduled { .. }
+                                | EventKind::SubOrchestrationInstanceCreated { .. }
+                        )
+                    }
+            });
+            let zombie = history.events.is_empty() && m.dequeue_count > ZOMBIE_DEQUEUE_COUNT;
+            let other_exec =
+                m.message.orchestration_instance.execution_id.as_deref().is_some_and(|e| {
+                    !e.is_empty() && current_exec.as_deref().is_some_and(|c| c != e)
+                });
+            if !in_order && !zombie && !other_exec {
+                tracing::warn!(
+                    instance_id, message_id = %m.id, task_event_id = target,
+                    dequeue_count = m.dequeue_count, "ReceivedOutOfOrderMessage"
+                );
+                let d = poison_backoff(m.dequeue_count).min(Duration::from_secs(30));
+                defer.push((m, d));
+                continue;
+            }
+        }
+        keep.push(m);
+    }
+
+    // Executability.
+    let started_in_batch =
+        keep.iter().any(|m| matches!(m.message.event.kind, EventKind::ExecutionStarted(_)));
+    if !keep.is_empty() && !started_in_batch {
+        if current_exec.is_none() {
+            if !row_read {
+                match tracking::read_instance(inner, instance_id, false).await {
+                    Ok(r) => {
+                        instance_etag = r.as_ref().and_then(|r| r.etag.clone());
+                        row = r;
+                    }
+                    Err(e) => {
+                        let mut back = keep;
+                        back.extend(defer.into_iter().map(|(m, _)| m));
+                        back.extend(discard);
+                        return Err(fail(e, back));
+                    }
+                }
+            }
+            match row.as_ref().map(|r| r.state.orchestration_status) {
+                Some(OrchestrationStatus::Pending) => {
+                    let terminate = keep.iter().find_map(|m| match &m.message.event.kind {
+                        EventKind::ExecutionTerminated { input } => Some(input.clone()),
+                        _ => None,
+                    });
+                    if let (Some(reason), Some(r)) = (terminate, row.as_ref()) {
+                        terminate_pending(inner, r, reason, now).await;
+                        discard.append(&mut keep);
+                    } else {
+                        let due = row
+                            .as_ref()
+                            .and_then(|r| r.state.scheduled_start_time)
+                            .map(|t| t - now)
+                            .and_then(|d| Duration::try_from(d).ok())
+                            .unwrap_or(Duration::from_secs(1))
+                            .clamp(Duration::from_millis(500), MAX_VISIBILITY);
+                        for m in keep.drain(..) {
+                            defer.push((m, due));
+                        }
+                    }
+                }
+                _ => {
+                    tracing::warn!(
+                        instance_id,
+                        count = keep.len(),
+                        "DiscardingWorkItem: no such instance"
+                    );
+                    discard.append(&mut keep);
+                }
+            }
+        } else if let Some((status, output)) = history_status(&history.events)
+            && !inner.settings.allow_replaying_terminal_instances
+        {
+            repair_row(inner, instance_id, &history.events, row.as_ref(), status, output, now)
+                .await;
+            tracing::warn!(
+                instance_id,
+                status = status.as_str(),
+                count = keep.len(),
+                "DiscardingWorkItem: instance is terminal"
+            );
+            discard.append(&mut keep);
+        }
+    }
+
+    // Apply discards and deferrals.
+    if !discard.is_empty() {
+        let refs: Vec<(String, String, String)> = discard
+            .iter()
+            .map(|m| (m.queue.clone(), m.id.clone(), m.pop_receipt.clone()))
+            .collect();
+        delete_messages(inner, &refs).await;
+    }
+    for (m, d) in &defer {
+        defer_messages(inner, std::slice::from_ref(m), *d).await;
+    }
+    if keep.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Prepared {
+        instance_id: instance_id.to_owned(),
+        queue: queue.to_owned(),
+        messages: keep,
+        history,
+        instance_etag,
+        instance_exists: !row_read || row.is_some(),
+    }))
+}
+
+/// Terminates an instance that was created but never started (its start is delayed).
+async fn terminate_pending(
+    inner: &Inner,
+    row: &InstanceRow,
+    reason: Option<String>,
+    now: OffsetDateTime,
+) {
+    let mut state = row.state.clone();
+    state.orchestration_status = OrchestrationStatus::Terminated;
+    state.output = reason;
+    state.completed_time = Some(now);
+    state.last_updated_time = now;
+    let write = async {
+        let mut entity = tracking::instance_entity(inner, &state, false).await?;
+        entity.properties.remove("Input");
+        inner
+            .tables
+            .write(
+                &inner.names.instances_table,
+                crate::storage::BatchOp {
+                    mode: crate::storage::WriteMode::Merge(row.etag.clone()),
+                    entity,
+                },
+            )
+            .await
+    };
+    match write.await {
+        Ok(_) => tracing::info!(
+            instance_id = state.instance_id(),
+            "InstanceStatusUpdate: terminated before start"
+        ),
+        Err(e) => {
+            tracing::warn!(instance_id = state.instance_id(), error = %e, "GeneralWarning: terminating a pending instance failed")
+        }
+    }
+}
+
+/// History is the source of truth: when the Instances row disagrees with a terminal history of
+/// the same execution (a worker died between the two writes), rewrite the row from history.
+async fn repair_row(
+    inner: &Inner,
+    instance_id: &str,
+    events: &[HistoryEvent],
+    row: Option<&InstanceRow>,
+    status: OrchestrationStatus,
+    _output: Option<String>,
+    now: OffsetDateTime,
+) {
+    let exec = history_execution(events).map(str::to_owned);
+    let row = match row {
+        Some(r) => Some(r.clone()),
+        None => tracking::read_instance(inner, instance_id, false).await.ok().flatten(),
+    };
+    let agrees = row.as_ref().is_some_and(|r| {
+        r.state.orchestration_instance.execution_id != exec
+            || r.state.orchestration_status == status
+    });
+    if agrees {
+        return;
+    }
+    let Ok(rt) = durabletask_core::OrchestrationRuntimeState::from_history(events.to_vec()) else {
+        return;
+    };
+    let custom = row.as_ref().and_then(|r| r.state.status.clone());
+    let Some(state) = rt.to_state(custom, now) else { return };
+    let result = async {
+        let entity = tracking::instance_entity(inner, &state, true).await?;
+        let mode = match row.and_then(|r| r.etag) {
+            Some(etag) => crate::storage::WriteMode::Replace(Some(etag)),
+            None => crate::storage::WriteMode::Insert,
+        };
+        inner
+            .tables
+            .write(&inner.names.instances_table, crate::storage::BatchOp { mode, entity })
+            .await
+    };
+    match result.await {
+        Ok(_) => tracing::warn!(
+            instance_id,
+            status = status.as_str(),
+            "InstanceStatusUpdate: Instances row repaired from history"
+        ),
+        Err(e) => {
+            tracing::warn!(instance_id, error = %e, "GeneralWarning: Instances row repair failed")
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Partition ownership
+
+/// Reacts to the partition manager: start, drain and drop control-queue pollers.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    pub(crate) inner: Weak<Inner>,
+}
+
+impl Listener {
+    fn stop_poller(inner: &Inner, queue: &str) {
+        let poller = inner
+            .control
+            .pollers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(queue);
+        if let Some(p) = poller {
+            p.cancel.store(true, Ordering::Release);
+            p.task.abort();
+        }
+    }
+
+    /// Drops everything buffered or prepared for `queue` (messages become visible again) and the
+    /// cached histories of its instances.
+    fn drop_queue_state(inner: &Arc<Inner>, queue: &str) {
+        let mut released = Vec::new();
+        {
+            let mut b = inner.control.lock();
+            let instances: Vec<String> = b
+                .pending
+                .iter()
+                .filter(|(_, v)| v.first().is_some_and(|m| m.queue == queue))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for i in instances {
+                if let Some(v) = b.pending.remove(&i) {
+                    released.extend(v);
+                }
+            }
+            let mut keep = VecDeque::new();
+            let mut finished = Vec::new();
+            while let Some(p) = b.prepared.pop_front() {
+                if p.queue == queue {
+                    finished.push(p.instance_id.clone());
+                    released.extend(p.messages);
+                } else {
+                    keep.push_back(p);
+                }
+            }
+            b.prepared = keep;
+            for i in finished {
+                b.busy.remove(&i);
+            }
+            b.cache.retain(|_, c| c.queue != queue);
+        }
+        release_messages(inner, released);
+    }
+
+    fn busy_on(inner: &Inner, queue: &str) -> usize {
+        inner.control.lock().busy.values().filter(|q| q.as_str() == queue).count()
+    }
+}
+
+#[async_trait]
+impl PartitionListener for Listener {
+    async fn on_acquired(&self, partition: &Partition) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        let queue = partition.control_queue.clone();
+        tracing::info!(queue = %queue, "PartitionManagerInfo: listening to control queue");
+        let cancel = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(poll_loop(
+            Arc::downgrade(&inner),
+            queue.clone(),
+            partition.index,
+            cancel.clone(),
+        ));
+        let old = inner
+            .control
+            .pollers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(queue, Poller { cancel, task });
+        if let Some(old) = old {
+            old.cancel.store(true, Ordering::Release);
+            old.task.abort();
+        }
+    }
+
+    async fn drain(&self, partition: &Partition) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        let queue = &partition.control_queue;
+        tracing::info!(queue = %queue, "PartitionManagerInfo: draining control queue");
+        Self::stop_poller(&inner, queue);
+        Self::drop_queue_state(&inner, queue);
+        while Self::busy_on(&inner, queue) > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Prepared items may have been queued by prefetches that were in flight.
+            Self::drop_queue_state(&inner, queue);
+        }
+    }
+
+    async fn on_lost(&self, partition: &Partition) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        let queue = &partition.control_queue;
+        tracing::warn!(queue = %queue, "PartitionManagerWarning: control queue lost; abandoning its buffered work");
+        Self::stop_poller(&inner, queue);
+        Self::drop_queue_state(&inner, queue);
+    }
+}
+
+/// Stops every poller (provider shutdown).
+pub(crate) fn stop_all_pollers(inner: &Inner) {
+    let pollers: Vec<Poller> = inner
+        .control
+        .pollers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .drain()
+        .map(|(_, p)| p)
+        .collect();
+    for p in pollers {
+        p.cancel.store(true, Ordering::Release);
+        p.task.abort();
+    }
+    inner.control.ready.notify_waiters();
+}
+
+/// Error for a work item whose partition is gone.
+pub(crate) fn lease_lost(op: &'static str, queue: &str) -> ProviderError {
+    perr(
+        ProviderErrorKind::LeaseLost,
+        op,
+        format!("partition {queue} is no longer owned by this worker"),
+    )
+}

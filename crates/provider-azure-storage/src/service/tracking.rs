@@ -1,0 +1,489 @@
+//! The tracking store: History and Instances tables in DurableTask.AzureStorage's column layout.
+//!
+//! History rows: PartitionKey = escaped instance id, RowKey = 16-hex position in the execution's
+//! history, one column per event member (`Timestamp` renamed `_Timestamp`, enums by name, complex
+//! members as JSON strings, dates native), plus `ExecutionId`; the `sentinel` row's ETag guards
+//! every checkpoint. Oversized properties go to gzip blobs (`{Prop}BlobName` + empty value).
+//!
+//! Instances rows: PartitionKey = escaped instance id, RowKey = "", columns `ExecutionId`, `Name`,
+//! `Version`, `Input`, `Output`, `CustomStatus`, `CreatedTime`, `LastUpdatedTime`,
+//! `CompletedTime`, `RuntimeStatus`, `ScheduledStartTime`, `Generation`, `Tags`, `TaskHubName`
+//! (plus `ParentInstance` and `FailureDetails` as JSON, which .NET readers ignore). Oversized
+//! values are stored as the URL of a blob in the hub's own container.
+
+use super::Inner;
+use crate::keys::{SENTINEL_ROW_KEY, escape_partition_key, history_row_key};
+use crate::large::LargePayloads;
+use crate::storage::{
+    BatchOp, EdmValue, StorageError, StorageErrorKind, StorageResult, TableContinuation,
+    TableEntity, WriteMode,
+};
+use durabletask_core::{
+    EventKind, HistoryEvent, OrchestrationInstance, OrchestrationState, OrchestrationStatus,
+};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Event members stored as native DateTime columns.
+const DATE_COLUMNS: [&str; 3] = ["Timestamp", "FireAt", "ScheduledStartTime"];
+/// Event members stored as JSON strings.
+const JSON_COLUMNS: [&str; 6] = [
+    "OrchestrationInstance",
+    "ParentInstance",
+    "Tags",
+    "FailureDetails",
+    "ParentTraceContext",
+    "State",
+];
+/// Properties that may exceed the table limit and then move to a blob (DTF 3.7).
+const LARGE_COLUMNS: [&str; 9] = [
+    "Name",
+    "Input",
+    "Result",
+    "Output",
+    "Reason",
+    "Details",
+    "Correlation",
+    "FailureDetails",
+    "Tags",
+];
+
+/// Rows per history batch (plus the sentinel = 100, the service limit).
+pub(crate) const HISTORY_BATCH_ROWS: usize = 99;
+/// Flush a history batch when its estimated size passes this (DTF: 3 MB).
+const HISTORY_BATCH_BYTES: usize = 3 * 1024 * 1024;
+
+fn utf16_len(s: &str) -> usize {
+    s.encode_utf16().count() * 2
+}
+
+fn bad_data(op: &'static str, msg: impl Into<String>) -> StorageError {
+    StorageError::new(StorageErrorKind::Permanent, op, msg)
+}
+
+fn fmt_time(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// Converts one history event into its row (uploading oversized properties).
+pub(crate) async fn event_entity(
+    large: &LargePayloads,
+    max_property_bytes: usize,
+    instance_id: &str,
+    position: u64,
+    execution_id: &str,
+    event: &HistoryEvent,
+) -> StorageResult<TableEntity> {
+    const OP: &str = "encode history row";
+    let row_key = history_row_key(position);
+    let mut entity = TableEntity::new(escape_partition_key(instance_id), row_key.clone());
+    entity.properties.insert("ExecutionId".into(), EdmValue::String(execution_id.to_owned()));
+    let Value::Object(map) =
+        serde_json::to_value(event).map_err(|e| bad_data(OP, e.to_string()))?
+    else {
+        return Err(bad_data(OP, "event did not serialize to an object"));
+    };
+    let event_type = event.event_type().as_str();
+    for (key, value) in map {
+        let column = if key == "Timestamp" { "_Timestamp".to_owned() } else { key.clone() };
+        let edm = match value {
+            Value::Null => continue,
+            Value::Bool(b) => EdmValue::Bool(b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => i32::try_from(i).map_or(EdmValue::Int64(i), EdmValue::Int32),
+                None => EdmValue::Double(n.as_f64().unwrap_or_default()),
+            },
+            Value::String(s) if DATE_COLUMNS.contains(&key.as_str()) => {
+                match OffsetDateTime::parse(&s, &Rfc3339) {
+                    Ok(t) => EdmValue::DateTime(t),
+                    Err(_) => EdmValue::String(s),
+                }
+            }
+            Value::String(s) => EdmValue::String(s),
+            other => EdmValue::String(other.to_string()),
+        };
+        if let EdmValue::String(s) = &edm
+            && LARGE_COLUMNS.contains(&key.as_str())
+            && utf16_len(s) > max_property_bytes
+        {
+            let name = LargePayloads::history_blob_name(instance_id, &row_key, event_type, &key);
+            large.upload(&name, s.as_bytes()).await?;
+            entity.properties.insert(format!("{key}BlobName"), EdmValue::String(name));
+            entity.properties.insert(column, EdmValue::String(String::new()));
+            continue;
+        }
+        entity.properties.insert(column, edm);
+    }
+    Ok(entity)
+}
+
+/// Rebuilds a history event from its row (downloading blob-stored properties). Returns the event
+/// and the blob names it referenced.
+pub(crate) async fn entity_event(
+    large: &LargePayloads,
+    entity: &TableEntity,
+) -> StorageResult<(HistoryEvent, Vec<String>)> {
+    const OP: &str = "decode history row";
+    let mut map = Map::new();
+    let mut blobs = Vec::new();
+    let mut from_blobs: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &entity.properties {
+        if let Some(prop) = name.strip_suffix("BlobName")
+            && let Some(blob) = value.as_str()
+            && !blob.is_empty()
+        {
+            let bytes = large.download(blob).await?;
+            let text = String::from_utf8(bytes).map_err(|e| bad_data(OP, e.to_string()))?;
+            from_blobs.insert(prop.to_owned(), text);
+            blobs.push(blob.to_owned());
+        }
+    }
+    for (name, value) in &entity.properties {
+        if name == "ExecutionId" || name.ends_with("BlobName") {
+            continue;
+        }
+        let key = if name == "_Timestamp" { "Timestamp" } else { name.as_str() };
+        let json = match (from_blobs.remove(key), value) {
+            (Some(text), _) => {
+                if JSON_COLUMNS.contains(&key) {
+                    serde_json::from_str(&text).map_err(|e| bad_data(OP, e.to_string()))?
+                } else {
+                    Value::String(text)
+                }
+            }
+            (None, EdmValue::String(s)) if JSON_COLUMNS.contains(&key) => {
+                serde_json::from_str(s).map_err(|e| bad_data(OP, format!("{key}: {e}")))?
+            }
+            (None, EdmValue::String(s) | EdmValue::Guid(s)) => Value::String(s.clone()),
+            (None, EdmValue::Int32(v)) => Value::from(*v),
+            (None, EdmValue::Int64(v)) => Value::from(*v),
+            (None, EdmValue::Double(v)) => Value::from(*v),
+            (None, EdmValue::Bool(v)) => Value::Bool(*v),
+            (None, EdmValue::DateTime(t)) => Value::String(fmt_time(*t)),
+            (None, EdmValue::Binary(_)) => continue,
+        };
+        map.insert(key.to_owned(), json);
+    }
+    let event: HistoryEvent = serde_json::from_value(Value::Object(map)).map_err(|e| {
+        bad_data(OP, format!("row {}/{}: {e}", entity.partition_key, entity.row_key))
+    })?;
+    Ok((event, blobs))
+}
+
+/// The stored history of an instance's current execution.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LoadedHistory {
+    /// Events of the current execution, in order.
+    pub(crate) events: Vec<HistoryEvent>,
+    /// The sentinel row's ETag (`None`: no history was ever written).
+    pub(crate) sentinel_etag: Option<String>,
+    /// Blob names the events referenced.
+    pub(crate) blobs: Vec<String>,
+}
+
+/// Reads an instance's history (DTF `GetHistoryEventsAsync`): all rows of the partition, the
+/// execution id from the sentinel, stopping at the first row of another execution.
+pub(crate) async fn read_history(inner: &Inner, instance_id: &str) -> StorageResult<LoadedHistory> {
+    let pk = escape_partition_key(instance_id);
+    let filter = format!("PartitionKey eq '{}'", pk.replace('\'', "''"));
+    let mut rows = Vec::new();
+    let mut continuation: Option<TableContinuation> = None;
+    loop {
+        let page = inner
+            .tables
+            .query(&inner.names.history_table, Some(&filter), None, None, continuation)
+            .await;
+        let page = match page {
+            Ok(p) => p,
+            Err(e) if e.kind() == StorageErrorKind::NotFound => break,
+            Err(e) => return Err(e),
+        };
+        rows.extend(page.entities);
+        continuation = page.continuation;
+        if continuation.is_none() {
+            break;
+        }
+    }
+    rows.sort_by(|a, b| a.row_key.cmp(&b.row_key));
+    let sentinel = rows.iter().find(|r| r.row_key == SENTINEL_ROW_KEY);
+    let sentinel_etag = sentinel.and_then(|s| s.etag.clone());
+    let execution_id = sentinel
+        .and_then(|s| s.get_str("ExecutionId"))
+        .or_else(|| rows.first().and_then(|r| r.get_str("ExecutionId")))
+        .map(str::to_owned);
+    let mut out = LoadedHistory { sentinel_etag, ..LoadedHistory::default() };
+    let Some(execution_id) = execution_id else {
+        return Ok(out);
+    };
+    for row in rows.iter().filter(|r| r.row_key != SENTINEL_ROW_KEY) {
+        if row.get_str("ExecutionId") != Some(execution_id.as_str()) {
+            break;
+        }
+        let (event, blobs) = entity_event(&inner.large, row).await?;
+        out.events.push(event);
+        out.blobs.extend(blobs);
+    }
+    Ok(out)
+}
+
+/// Writes `events` at positions `start..` under the sentinel ETag, in chained batches of at most
+/// 99 rows (DTF `UpdateStateAsync`). Returns the new sentinel ETag. `Conflict` (sentinel insert
+/// lost) and `PreconditionFailed` (stale ETag) mean another worker wrote this history.
+pub(crate) async fn write_history(
+    inner: &Inner,
+    instance_id: &str,
+    execution_id: &str,
+    start: u64,
+    events: &[HistoryEvent],
+    mut etag: Option<String>,
+    now: OffsetDateTime,
+) -> StorageResult<Option<String>> {
+    let pk = escape_partition_key(instance_id);
+    let mut rows = Vec::with_capacity(events.len());
+    for (i, event) in events.iter().enumerate() {
+        rows.push(
+            event_entity(
+                &inner.large,
+                inner.settings.max_table_property_bytes,
+                instance_id,
+                start + i as u64,
+                execution_id,
+                event,
+            )
+            .await?,
+        );
+    }
+    let mut chunks: Vec<Vec<TableEntity>> = Vec::new();
+    let mut current: Vec<TableEntity> = Vec::new();
+    let mut size = 0usize;
+    for row in rows {
+        let row_size = 1024 + row.properties.values().map(edm_size).sum::<usize>();
+        if !current.is_empty()
+            && (current.len() >= HISTORY_BATCH_ROWS || size + row_size > HISTORY_BATCH_BYTES)
+        {
+            chunks.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += row_size;
+        current.push(row);
+    }
+    chunks.push(current);
+    let last = chunks.len() - 1;
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let complete = i == last;
+        let mut sentinel = TableEntity::new(pk.clone(), SENTINEL_ROW_KEY)
+            .with("ExecutionId", EdmValue::String(execution_id.to_owned()))
+            .with("IsCheckpointComplete", EdmValue::Bool(complete));
+        if complete {
+            sentinel = sentinel.with("CheckpointCompletedTimestamp", EdmValue::DateTime(now));
+        }
+        let n = chunk.len();
+        let mut ops: Vec<BatchOp> =
+            chunk.into_iter().map(|e| BatchOp { mode: WriteMode::Upsert, entity: e }).collect();
+        ops.push(BatchOp {
+            mode: match etag.take() {
+                Some(tag) => WriteMode::Merge(Some(tag)),
+                None => WriteMode::Insert,
+            },
+            entity: sentinel,
+        });
+        let etags = inner.tables.batch(&inner.names.history_table, ops).await?;
+        etag = etags.get(n).cloned().flatten();
+        tracing::debug!(instance_id, new_events = n, complete, "AppendedInstanceHistory");
+    }
+    Ok(etag)
+}
+
+fn edm_size(v: &EdmValue) -> usize {
+    match v {
+        EdmValue::String(s) | EdmValue::Guid(s) => utf16_len(s),
+        EdmValue::Binary(b) => b.len(),
+        _ => 8,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instances table
+
+/// An Instances row as read, with its ETag.
+#[derive(Debug, Clone)]
+pub(crate) struct InstanceRow {
+    pub(crate) state: OrchestrationState,
+    pub(crate) etag: Option<String>,
+}
+
+fn status_from_name(name: &str) -> Option<OrchestrationStatus> {
+    OrchestrationStatus::ALL.into_iter().find(|s| s.as_str() == name)
+}
+
+/// Stores `value` in a string column, as a blob URL when it is over the table limit.
+async fn put_large_string(
+    inner: &Inner,
+    entity: &mut TableEntity,
+    instance_id: &str,
+    execution_id: &str,
+    column: &str,
+    value: &str,
+) -> StorageResult<()> {
+    let stored = if utf16_len(value) > inner.settings.max_table_property_bytes {
+        let salt: u32 = rand::random();
+        let name = format!(
+            "{}instance-{execution_id}-{column}-{salt:08X}.json.gz",
+            LargePayloads::instance_prefix(instance_id)
+        );
+        inner.large.upload(&name, value.as_bytes()).await?;
+        inner.large.url_of(&name)
+    } else {
+        value.to_owned()
+    };
+    entity.properties.insert(column.to_owned(), EdmValue::String(stored));
+    Ok(())
+}
+
+/// The full Instances row for `state`.
+pub(crate) async fn instance_entity(
+    inner: &Inner,
+    state: &OrchestrationState,
+    include_input: bool,
+) -> StorageResult<TableEntity> {
+    let id = state.instance_id();
+    let exec = state.orchestration_instance.execution_id.clone().unwrap_or_default();
+    let mut e = TableEntity::new(escape_partition_key(id), "")
+        .with("ExecutionId", EdmValue::String(exec.clone()))
+        .with("Name", EdmValue::String(state.name.clone()))
+        .with("Version", EdmValue::String(state.version.clone().unwrap_or_default()))
+        .with("RuntimeStatus", EdmValue::String(state.orchestration_status.as_str().to_owned()))
+        .with("CreatedTime", EdmValue::DateTime(state.created_time))
+        .with("LastUpdatedTime", EdmValue::DateTime(state.last_updated_time))
+        .with("TaskHubName", EdmValue::String(inner.settings.task_hub_name.as_str().to_owned()));
+    if include_input {
+        put_large_string(inner, &mut e, id, &exec, "Input", state.input.as_deref().unwrap_or(""))
+            .await?;
+    }
+    put_large_string(inner, &mut e, id, &exec, "Output", state.output.as_deref().unwrap_or(""))
+        .await?;
+    put_large_string(
+        inner,
+        &mut e,
+        id,
+        &exec,
+        "CustomStatus",
+        state.status.as_deref().unwrap_or("null"),
+    )
+    .await?;
+    if let Some(t) = state.completed_time {
+        e.properties.insert("CompletedTime".into(), EdmValue::DateTime(t));
+    }
+    if let Some(t) = state.scheduled_start_time {
+        e.properties.insert("ScheduledStartTime".into(), EdmValue::DateTime(t));
+    }
+    if let Some(g) = state.generation {
+        e.properties.insert("Generation".into(), EdmValue::Int32(g));
+    }
+    if let Some(tags) = &state.tags {
+        let json = serde_json::to_string(tags).unwrap_or_default();
+        e.properties.insert("Tags".into(), EdmValue::String(json));
+    }
+    if let Some(p) = &state.parent_instance {
+        let json = serde_json::to_string(p).unwrap_or_default();
+        e.properties.insert("ParentInstance".into(), EdmValue::String(json));
+    }
+    if let Some(f) = &state.failure_details {
+        let json = serde_json::to_string(f).unwrap_or_default();
+        put_large_string(inner, &mut e, id, &exec, "FailureDetails", &json).await?;
+    }
+    Ok(e)
+}
+
+/// Resolves a stored value: a URL of a blob in our own container is downloaded; anything else
+/// is returned as is.
+async fn resolve(inner: &Inner, value: Option<&str>, fetch: bool) -> StorageResult<Option<String>> {
+    let Some(v) = value.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if fetch && let Some(name) = inner.large.name_from_url(v) {
+        let bytes = inner.large.download(&name).await?;
+        return String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|e| bad_data("decode instance row", e.to_string()));
+    }
+    Ok(Some(v.to_owned()))
+}
+
+/// Parses an Instances row.
+pub(crate) async fn entity_instance(
+    inner: &Inner,
+    instance_id: &str,
+    e: &TableEntity,
+    include_payloads: bool,
+) -> StorageResult<OrchestrationState> {
+    const OP: &str = "decode instance row";
+    let status_name = e.get_str("RuntimeStatus").unwrap_or("");
+    let status = status_from_name(status_name)
+        .ok_or_else(|| bad_data(OP, format!("unknown RuntimeStatus {status_name:?}")))?;
+    let time = |k: &str| e.get(k).and_then(EdmValue::as_datetime);
+    let created = time("CreatedTime").unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let exec = e.get_str("ExecutionId").filter(|s| !s.is_empty()).map(str::to_owned);
+    let custom = resolve(inner, e.get_str("CustomStatus"), true).await?.filter(|s| s != "null");
+    let failure_details = match resolve(inner, e.get_str("FailureDetails"), true).await? {
+        Some(json) => serde_json::from_str(&json).ok(),
+        None => None,
+    };
+    Ok(OrchestrationState {
+        orchestration_instance: OrchestrationInstance {
+            instance_id: instance_id.to_owned(),
+            execution_id: exec,
+        },
+        name: e.get_str("Name").unwrap_or_default().to_owned(),
+        version: e.get_str("Version").filter(|s| !s.is_empty()).map(str::to_owned),
+        orchestration_status: status,
+        input: if include_payloads {
+            resolve(inner, e.get_str("Input"), true).await?
+        } else {
+            None
+        },
+        output: if include_payloads {
+            resolve(inner, e.get_str("Output"), true).await?
+        } else {
+            None
+        },
+        status: custom,
+        created_time: created,
+        last_updated_time: time("LastUpdatedTime").unwrap_or(created),
+        completed_time: time("CompletedTime"),
+        parent_instance: e.get_str("ParentInstance").and_then(|j| serde_json::from_str(j).ok()),
+        tags: e.get_str("Tags").and_then(|j| serde_json::from_str(j).ok()),
+        generation: e
+            .get("Generation")
+            .and_then(EdmValue::as_i64)
+            .and_then(|g| i32::try_from(g).ok()),
+        scheduled_start_time: time("ScheduledStartTime"),
+        failure_details,
+    })
+}
+
+/// Point-reads an instance row.
+pub(crate) async fn read_instance(
+    inner: &Inner,
+    instance_id: &str,
+    include_payloads: bool,
+) -> StorageResult<Option<InstanceRow>> {
+    let pk = escape_partition_key(instance_id);
+    let row = match inner.tables.get_entity(&inner.names.instances_table, &pk, "").await {
+        Ok(r) => r,
+        Err(e) if e.kind() == StorageErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let state = entity_instance(inner, instance_id, &row, include_payloads).await?;
+    Ok(Some(InstanceRow { state, etag: row.etag.clone() }))
+}
+
+/// Whether `events` start a new execution (contain an `ExecutionStarted`).
+pub(crate) fn starts_execution(events: &[HistoryEvent]) -> bool {
+    events.iter().any(|e| matches!(e.kind, EventKind::ExecutionStarted(_)))
+}

@@ -1,0 +1,824 @@
+//! The worker side: hub lifecycle, orchestration work items with the checkpoint in DTF's exact
+//! order, and activity work items from the shared work-item queue.
+
+use super::control::{self, Buffered, CachedInstance, ControlState, Listener, control_queue_of};
+use super::tracking::{self, starts_execution};
+use super::{
+    AzureStorageOrchestrationService, CrashPoint, Inner, MAX_VISIBILITY, perr, provider_error,
+};
+use crate::envelope::MessageData;
+use crate::large::LargePayloads;
+use crate::storage::{BatchOp, StorageErrorKind, WriteMode};
+use async_trait::async_trait;
+use durabletask_core::{
+    ActivityWorkItem, EventKind, LockToken, OrchestrationRuntimeState, OrchestrationService,
+    OrchestrationWorkItem, ProviderError, ProviderErrorKind, ProviderSettings, TaskMessage,
+    WorkItemResult,
+};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+/// Lock data of an orchestration work item.
+#[derive(Debug)]
+pub(crate) struct SessionToken {
+    queue: String,
+    messages: Mutex<Vec<Buffered>>,
+    sentinel_etag: Option<String>,
+    instance_etag: Option<String>,
+    instance_exists: bool,
+    history_blobs: Vec<String>,
+    finished: AtomicBool,
+    crashed: AtomicBool,
+}
+
+impl SessionToken {
+    fn messages(&self) -> std::sync::MutexGuard<'_, Vec<Buffered>> {
+        self.messages.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Lock data of an activity work item.
+#[derive(Debug)]
+pub(crate) struct ActivityToken {
+    id: String,
+    pop_receipt: Mutex<String>,
+    text: String,
+    locked_until: Mutex<OffsetDateTime>,
+}
+
+/// Work-item queue state: prefetched messages and the poll back-off.
+#[derive(Debug, Default)]
+pub(crate) struct ActivityState {
+    buffer: tokio::sync::Mutex<VecDeque<crate::storage::ReceivedMessage>>,
+    wake: Notify,
+    misses: std::sync::atomic::AtomicU32,
+    stopped: AtomicBool,
+}
+
+fn token<'a>(t: &'a LockToken, op: &'static str) -> Result<&'a SessionToken, ProviderError> {
+    t.downcast_ref::<SessionToken>().ok_or_else(|| {
+        perr(ProviderErrorKind::InvalidInput, op, "work item was not issued by this provider")
+    })
+}
+
+fn activity_token<'a>(
+    t: &'a LockToken,
+    op: &'static str,
+) -> Result<&'a ActivityToken, ProviderError> {
+    t.downcast_ref::<ActivityToken>().ok_or_else(|| {
+        perr(ProviderErrorKind::InvalidInput, op, "work item was not issued by this provider")
+    })
+}
+
+fn crashed(op: &'static str, point: CrashPoint) -> ProviderError {
+    perr(ProviderErrorKind::Transient, op, format!("injected crash at {point:?}"))
+}
+
+impl Inner {
+    fn crash(&self, point: CrashPoint, instance_id: &str) -> bool {
+        self.crash_hook.as_ref().is_some_and(|h| h.crash_at(point, instance_id))
+    }
+
+    fn next_sequence(&self) -> i64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// Encodes an envelope as queue text, moving it to a gzip blob when it is over the threshold.
+pub(crate) async fn encode_for_queue(
+    inner: &Inner,
+    data: MessageData,
+) -> Result<String, ProviderError> {
+    const OP: &str = "send message";
+    let bytes =
+        data.to_bytes().map_err(|e| perr(ProviderErrorKind::InvalidInput, OP, e.to_string()))?;
+    // Base64 grows the text by 4/3; the threshold is on the encoded envelope bytes (DTF: 45 KB).
+    if bytes.len() <= inner.settings.max_queue_payload_bytes {
+        return Ok(MessageData::encode_text(&bytes));
+    }
+    let (instance, event_type) = data
+        .task_message
+        .as_ref()
+        .map(|m| (m.orchestration_instance.instance_id.clone(), m.event.event_type().as_str()))
+        .unwrap_or_default();
+    let name = LargePayloads::message_blob_name(&instance, &data.activity_id, event_type);
+    inner.large.upload(&name, &bytes).await.map_err(|e| provider_error(OP, e))?;
+    let wrapper = MessageData::wrapper(&data, name);
+    let bytes =
+        wrapper.to_bytes().map_err(|e| perr(ProviderErrorKind::InvalidInput, OP, e.to_string()))?;
+    Ok(MessageData::encode_text(&bytes))
+}
+
+/// Sends a task message to its instance's control queue (or, for `TaskScheduled`, the work-item
+/// queue), visible at `visible_at` when given.
+pub(crate) async fn send(
+    inner: &Inner,
+    message: TaskMessage,
+    episode: Option<i32>,
+    sender: Option<durabletask_core::OrchestrationInstance>,
+    delay: Duration,
+) -> Result<(), ProviderError> {
+    const OP: &str = "send message";
+    let activity = matches!(message.event.kind, EventKind::TaskScheduled { .. });
+    let instance_id = message.orchestration_instance.instance_id.clone();
+    let event_type = message.event.event_type();
+    let mut data = MessageData::new(message, inner.next_sequence());
+    data.episode = episode;
+    data.sender = sender;
+    let text = encode_for_queue(inner, data).await?;
+    let (partition, queue) = if activity {
+        (None, inner.names.work_item_queue.clone())
+    } else {
+        let (p, q) = control_queue_of(inner, &instance_id);
+        (Some(p), q)
+    };
+    let _permit = inner
+        .io
+        .acquire()
+        .await
+        .map_err(|_| perr(ProviderErrorKind::Transient, OP, "shutting down"))?;
+    inner
+        .queues
+        .put_message(&queue, &text, delay.min(MAX_VISIBILITY))
+        .await
+        .map_err(|e| provider_error(OP, e))?;
+    tracing::debug!(instance_id, %event_type, queue, "SendingMessage");
+    match partition {
+        Some(p) if inner.partitions.is_owned(&queue) => inner.control.wake(p),
+        Some(_) => {}
+        None => inner.activities.wake.notify_one(),
+    }
+    Ok(())
+}
+
+fn delay_until(now: OffsetDateTime, at: OffsetDateTime) -> Duration {
+    Duration::try_from(at - now).unwrap_or(Duration::ZERO)
+}
+
+impl AzureStorageOrchestrationService {
+    async fn create_resources(&self) -> Result<(), ProviderError> {
+        const OP: &str = "create_if_not_exists";
+        let i = &self.inner;
+        let mut queues = i.names.control_queues.clone();
+        queues.push(i.names.work_item_queue.clone());
+        queues.push(i.names.poison_queue.clone());
+        let q = futures::future::try_join_all(
+            queues.iter().map(|q| i.queues.create_queue_if_not_exists(q)),
+        );
+        let t = futures::future::try_join_all(
+            [&i.names.history_table, &i.names.instances_table]
+                .map(|t| i.tables.create_table_if_not_exists(t)),
+        );
+        let b = i.blobs.create_container_if_not_exists(&i.names.large_messages_container);
+        let (q, t, b) = tokio::join!(q, t, b);
+        q.map_err(|e| provider_error(OP, e))?;
+        t.map_err(|e| provider_error(OP, e))?;
+        b.map_err(|e| provider_error(OP, e))?;
+        i.partitions
+            .create_lease_store()
+            .await
+            .map_err(|e| perr(ProviderErrorKind::Transient, OP, e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl OrchestrationService for AzureStorageOrchestrationService {
+    async fn create_if_not_exists(&self) -> Result<(), ProviderError> {
+        self.create_resources().await
+    }
+
+    async fn delete(&self) -> Result<(), ProviderError> {
+        const OP: &str = "delete";
+        let i = &self.inner;
+        let mut queues = i.names.control_queues.clone();
+        queues.push(i.names.work_item_queue.clone());
+        queues.push(i.names.poison_queue.clone());
+        for q in &queues {
+            i.queues.delete_queue_if_exists(q).await.map_err(|e| provider_error(OP, e))?;
+        }
+        for t in [&i.names.history_table, &i.names.instances_table] {
+            i.tables.delete_table_if_exists(t).await.map_err(|e| provider_error(OP, e))?;
+        }
+        i.blobs
+            .delete_container_if_exists(&i.names.large_messages_container)
+            .await
+            .map_err(|e| provider_error(OP, e))?;
+        i.partitions
+            .delete_lease_store()
+            .await
+            .map_err(|e| perr(ProviderErrorKind::Transient, OP, e.to_string()))?;
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<(), ProviderError> {
+        const OP: &str = "start";
+        self.inner.control.stopped.store(false, Ordering::Release);
+        self.inner.activities.stopped.store(false, Ordering::Release);
+        let listener = Arc::new(Listener { inner: Arc::downgrade(&self.inner) });
+        match self.inner.partitions.start(listener).await {
+            Ok(()) | Err(durabletask_partition_manager::Error::AlreadyStarted) => Ok(()),
+            Err(e) => Err(perr(ProviderErrorKind::Transient, OP, e.to_string())),
+        }
+    }
+
+    async fn stop(&self, graceful: bool) -> Result<(), ProviderError> {
+        let i = &self.inner;
+        i.activities.stopped.store(true, Ordering::Release);
+        i.activities.wake.notify_waiters();
+        let result = if graceful {
+            i.partitions.stop(Duration::from_secs(60)).await
+        } else {
+            i.partitions.abort();
+            Ok(())
+        };
+        i.control.stopped.store(true, Ordering::Release);
+        control::stop_all_pollers(i);
+        // Prefetched activity messages go back to the queue at once.
+        let buffered: Vec<_> = i.activities.buffer.lock().await.drain(..).collect();
+        for m in buffered {
+            let _ = i
+                .queues
+                .update_message(
+                    &i.names.work_item_queue,
+                    &m.id,
+                    &m.pop_receipt,
+                    &m.text,
+                    Duration::ZERO,
+                )
+                .await;
+        }
+        result.map_err(|e| perr(ProviderErrorKind::Transient, "stop", e.to_string()))
+    }
+
+    fn settings(&self) -> ProviderSettings {
+        ProviderSettings {
+            max_concurrent_orchestrations: self
+                .inner
+                .settings
+                .max_concurrent_orchestration_work_items,
+            max_concurrent_activities: self.inner.settings.max_concurrent_activity_work_items,
+        }
+    }
+
+    async fn lock_next_orchestration_work_item(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<OrchestrationWorkItem>, ProviderError> {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if inner.control.stopped.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            let (next, dropped) = inner.control.pop_prepared(inner);
+            for p in dropped {
+                let ids: Vec<String> = p.messages.iter().map(|m| m.id.clone()).collect();
+                control::release_messages(inner, p.messages);
+                ControlState::finish(inner, &p.instance_id, &ids);
+            }
+            let Some(p) = next else {
+                if !inner.control.wait_ready(deadline).await {
+                    return Ok(None);
+                }
+                continue;
+            };
+            let runtime_state = match OrchestrationRuntimeState::from_history(p.history.events) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(instance_id = %p.instance_id, error = %e, "GeneralWarning: stored history is invalid; presenting an empty history");
+                    OrchestrationRuntimeState::new()
+                }
+            };
+            let locked_until =
+                p.messages.iter().map(|m| m.next_visible).min().unwrap_or_else(|| {
+                    inner.clock.now() + inner.settings.control_queue_visibility_timeout
+                });
+            let dequeue_count = p
+                .messages
+                .iter()
+                .map(|m| u32::try_from(m.dequeue_count).unwrap_or(u32::MAX))
+                .max()
+                .unwrap_or(1);
+            if u64::from(dequeue_count) >= control::POISON_DEQUEUE_COUNT {
+                tracing::warn!(instance_id = %p.instance_id, dequeue_count, "PoisonMessageDetected: work item keeps failing");
+            }
+            let new_messages = p.messages.iter().map(|m| m.message.clone()).collect();
+            return Ok(Some(OrchestrationWorkItem {
+                instance_id: p.instance_id,
+                runtime_state,
+                new_messages,
+                locked_until,
+                dequeue_count,
+                token: LockToken::new(SessionToken {
+                    queue: p.queue,
+                    messages: Mutex::new(p.messages),
+                    sentinel_etag: p.history.sentinel_etag,
+                    instance_etag: p.instance_etag,
+                    instance_exists: p.instance_exists,
+                    history_blobs: p.history.blobs,
+                    finished: AtomicBool::new(false),
+                    crashed: AtomicBool::new(false),
+                }),
+            }));
+        }
+    }
+
+    async fn renew_orchestration_work_item_lock(
+        &self,
+        work_item: &OrchestrationWorkItem,
+    ) -> Result<OffsetDateTime, ProviderError> {
+        const OP: &str = "renew_orchestration_work_item_lock";
+        let inner = &self.inner;
+        let t = token(&work_item.token, OP)?;
+        if t.finished.load(Ordering::Acquire) {
+            return Err(perr(
+                ProviderErrorKind::LeaseLost,
+                OP,
+                "the work item was already released",
+            ));
+        }
+        if !inner.partitions.is_owned(&t.queue) {
+            return Err(control::lease_lost(OP, &t.queue));
+        }
+        let vis = inner.settings.control_queue_visibility_timeout;
+        let messages = t.messages().clone();
+        let mut renewed = Vec::with_capacity(messages.len());
+        for m in messages {
+            let receipt = inner
+                .queues
+                .update_message(&m.queue, &m.id, &m.pop_receipt, &m.text, vis)
+                .await
+                .map_err(|e| match e.kind() {
+                    StorageErrorKind::NotFound
+                    | StorageErrorKind::PreconditionFailed
+                    | StorageErrorKind::InvalidInput => perr(
+                        ProviderErrorKind::LeaseLost,
+                        OP,
+                        format!("message {} is gone: {e}", m.id),
+                    ),
+                    _ => provider_error(OP, e),
+                })?;
+            tracing::debug!(instance_id = %work_item.instance_id, message_id = %m.id, "RenewingMessage");
+            renewed.push(Buffered { pop_receipt: receipt, ..m });
+        }
+        *t.messages() = renewed;
+        Ok(inner.clock.now() + vis)
+    }
+
+    async fn complete_orchestration_work_item(
+        &self,
+        work_item: &OrchestrationWorkItem,
+        result: WorkItemResult,
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "complete_orchestration_work_item";
+        let inner = &self.inner;
+        let t = token(&work_item.token, OP)?;
+        let id = work_item.instance_id.as_str();
+        if t.finished.load(Ordering::Acquire) {
+            return Err(perr(
+                ProviderErrorKind::LeaseLost,
+                OP,
+                "the work item was already released",
+            ));
+        }
+        if !inner.partitions.is_owned(&t.queue) {
+            return Err(control::lease_lost(OP, &t.queue));
+        }
+        let refs: Vec<(String, String, String)> = t
+            .messages()
+            .iter()
+            .map(|m| (m.queue.clone(), m.id.clone(), m.pop_receipt.clone()))
+            .collect();
+        let cp = match result {
+            WorkItemResult::Discard { reason } => {
+                tracing::info!(instance_id = id, reason = %reason, "DiscardingWorkItem");
+                control::delete_messages(inner, &refs).await;
+                return Ok(());
+            }
+            WorkItemResult::Checkpoint(cp) => *cp,
+        };
+        let now = inner.clock.now();
+        let episode = i32::try_from(
+            cp.runtime_state
+                .events()
+                .filter(|e| matches!(e.kind, EventKind::OrchestratorStarted))
+                .count(),
+        )
+        .ok();
+        let me = cp.state.orchestration_instance.clone();
+
+        // 1. Send every outbound message first.
+        let mut sends = Vec::new();
+        for m in cp.orchestrator_messages {
+            sends.push((m, Duration::ZERO));
+        }
+        for m in cp.timer_messages {
+            let at = match &m.event.kind {
+                EventKind::TimerFired { fire_at, .. } => *fire_at,
+                _ => now,
+            };
+            sends.push((m, delay_until(now, at)));
+        }
+        for m in cp.activity_messages {
+            sends.push((m, Duration::ZERO));
+        }
+        let child_rows: Vec<TaskMessage> = sends
+            .iter()
+            .filter(|(m, _)| matches!(m.event.kind, EventKind::ExecutionStarted(_)))
+            .map(|(m, _)| m.clone())
+            .collect();
+        let results = futures::future::join_all(
+            sends.into_iter().map(|(m, d)| send(inner, m, episode, Some(me.clone()), d)),
+        )
+        .await;
+        for r in results {
+            r?;
+        }
+        for m in child_rows {
+            // Sub-orchestration starts: the child's Instances row exists as Pending from now on.
+            if let EventKind::ExecutionStarted(s) = &m.event.kind {
+                let state = durabletask_core::OrchestrationState::pending(s, now);
+                let entity = tracking::instance_entity(inner, &state, true)
+                    .await
+                    .map_err(|e| provider_error(OP, e))?;
+                match inner
+                    .tables
+                    .write(
+                        &inner.names.instances_table,
+                        BatchOp { mode: WriteMode::Insert, entity },
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == StorageErrorKind::Conflict => {}
+                    Err(e) => return Err(provider_error(OP, e)),
+                }
+            }
+        }
+        if inner.crash(CrashPoint::AfterSend, id) {
+            t.crashed.store(true, Ordering::Release);
+            return Err(crashed(OP, CrashPoint::AfterSend));
+        }
+
+        // 2. History under the sentinel ETag.
+        let past = cp.runtime_state.past_events().len();
+        let exec = cp.runtime_state.execution_id().unwrap_or_default().to_owned();
+        let new_events = cp.runtime_state.new_events();
+        let new_execution = past == 0;
+        let sentinel = if !inner.partitions.is_owned(&t.queue) {
+            return Err(control::lease_lost(OP, &t.queue));
+        } else {
+            tracking::write_history(
+                inner,
+                id,
+                &exec,
+                past as u64,
+                new_events,
+                t.sentinel_etag.clone(),
+                now,
+            )
+            .await
+        };
+        let sentinel = match sentinel {
+            Ok(e) => e,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    StorageErrorKind::Conflict | StorageErrorKind::PreconditionFailed
+                ) =>
+            {
+                tracing::warn!(instance_id = id, execution_id = %exec, error = %e, "SplitBrainDetected: history was written by another worker; aborting this work item");
+                inner.control.cache_invalidate(id);
+                return Err(provider_error(OP, e));
+            }
+            Err(e) => {
+                inner.control.cache_invalidate(id);
+                return Err(provider_error(OP, e));
+            }
+        };
+        if inner.crash(CrashPoint::AfterHistory, id) {
+            t.crashed.store(true, Ordering::Release);
+            inner.control.cache_invalidate(id);
+            return Err(crashed(OP, CrashPoint::AfterHistory));
+        }
+
+        // 3. The Instances row, guarded by its ETag so a stalled worker cannot overwrite it.
+        let include_input = new_execution || starts_execution(new_events);
+        let mut entity = tracking::instance_entity(inner, &cp.state, include_input)
+            .await
+            .map_err(|e| provider_error(OP, e))?;
+        if !include_input {
+            entity.properties.remove("Input");
+        }
+        let mode = if inner.settings.use_instance_table_etag {
+            match (&t.instance_etag, t.instance_exists) {
+                (Some(etag), _) if include_input => WriteMode::Replace(Some(etag.clone())),
+                (Some(etag), _) => WriteMode::Merge(Some(etag.clone())),
+                (None, false) => WriteMode::Insert,
+                (None, true) => WriteMode::UpsertMerge,
+            }
+        } else if include_input {
+            WriteMode::Upsert
+        } else {
+            WriteMode::UpsertMerge
+        };
+        let instance_etag = match inner
+            .tables
+            .write(&inner.names.instances_table, BatchOp { mode, entity })
+            .await
+        {
+            Ok(e) => e,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    StorageErrorKind::Conflict | StorageErrorKind::PreconditionFailed
+                ) =>
+            {
+                tracing::warn!(instance_id = id, error = %e, "SplitBrainDetected: Instances row changed under this work item; aborting");
+                inner.control.cache_invalidate(id);
+                return Err(provider_error(OP, e));
+            }
+            Err(e) => {
+                inner.control.cache_invalidate(id);
+                return Err(provider_error(OP, e));
+            }
+        };
+        tracing::debug!(
+            instance_id = id,
+            status = cp.state.orchestration_status.as_str(),
+            "InstanceStatusUpdate"
+        );
+        if inner.crash(CrashPoint::AfterInstances, id) || inner.crash(CrashPoint::BeforeDelete, id)
+        {
+            t.crashed.store(true, Ordering::Release);
+            inner.control.cache_invalidate(id);
+            return Err(crashed(OP, CrashPoint::AfterInstances));
+        }
+
+        // 4. Delete the messages that triggered the work item.
+        control::delete_messages(inner, &refs).await;
+        tracing::debug!(instance_id = id, new_events = new_events.len(), "CheckpointCompleted");
+
+        // The owner keeps the history for the next episode; the sentinel ETag guards it.
+        let terminal = cp.state.orchestration_status.is_terminal();
+        let old_blobs = if new_execution { t.history_blobs.clone() } else { Vec::new() };
+        if terminal {
+            inner.control.cache_invalidate(id);
+        } else {
+            let blobs = if new_execution { Vec::new() } else { t.history_blobs.clone() };
+            inner.control.cache_put(
+                id,
+                CachedInstance {
+                    queue: t.queue.clone(),
+                    events: cp.runtime_state.into_events(),
+                    sentinel_etag: sentinel,
+                    instance_etag,
+                    blobs,
+                },
+            );
+        }
+        // Blobs of the previous generation go only after the new one committed.
+        for b in old_blobs {
+            let _ = inner.blobs.delete_blob_if_exists(inner.large.container(), &b).await;
+        }
+        Ok(())
+    }
+
+    async fn abandon_orchestration_work_item(
+        &self,
+        work_item: &OrchestrationWorkItem,
+        retry_after: Duration,
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "abandon_orchestration_work_item";
+        let inner = &self.inner;
+        let t = token(&work_item.token, OP)?;
+        inner.control.cache_invalidate(&work_item.instance_id);
+        if t.crashed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let messages = t.messages().clone();
+        let count = messages.iter().map(|m| m.dequeue_count).max().unwrap_or(1);
+        let delay = retry_after.min(Duration::from_secs(600));
+        if count >= control::POISON_DEQUEUE_COUNT {
+            tracing::warn!(instance_id = %work_item.instance_id, dequeue_count = count, "PoisonMessageDetected");
+        }
+        control::defer_messages(inner, &messages, delay).await;
+        Ok(())
+    }
+
+    async fn release_orchestration_work_item(
+        &self,
+        work_item: &OrchestrationWorkItem,
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "release_orchestration_work_item";
+        let t = token(&work_item.token, OP)?;
+        if t.finished.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let ids: Vec<String> = t.messages().iter().map(|m| m.id.clone()).collect();
+        ControlState::finish(&self.inner, &work_item.instance_id, &ids);
+        Ok(())
+    }
+
+    async fn lock_next_activity_work_item(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<ActivityWorkItem>, ProviderError> {
+        const OP: &str = "lock_next_activity_work_item";
+        let inner = &self.inner;
+        let a = &inner.activities;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let queue = &inner.names.work_item_queue;
+        loop {
+            if a.stopped.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            let next = {
+                let mut buf = a.buffer.lock().await;
+                if buf.is_empty() {
+                    let n = u8::try_from(
+                        inner.settings.max_concurrent_activity_work_items.clamp(1, 32),
+                    )
+                    .unwrap_or(32);
+                    let got = inner
+                        .queues
+                        .get_messages(queue, n, inner.settings.work_item_queue_visibility_timeout)
+                        .await
+                        .map_err(|e| provider_error(OP, e))?;
+                    buf.extend(got);
+                }
+                buf.pop_front()
+            };
+            let Some(m) = next else {
+                let misses = a.misses.fetch_add(1, Ordering::Relaxed);
+                let wait = backoff_delay(misses, inner.settings.max_queue_polling_interval);
+                let sleep_until = (tokio::time::Instant::now() + wait).min(deadline);
+                tokio::select! {
+                    () = tokio::time::sleep_until(sleep_until) => {}
+                    () = a.wake.notified() => { a.misses.store(0, Ordering::Relaxed); }
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                continue;
+            };
+            a.misses.store(0, Ordering::Relaxed);
+            let data = match control::decode(inner, &m).await {
+                Ok(d) => d,
+                Err(reason) => {
+                    control::undecodable(inner, queue, &m, &reason).await;
+                    continue;
+                }
+            };
+            let Some(message) = data.task_message else { continue };
+            if !matches!(message.event.kind, EventKind::TaskScheduled { .. }) {
+                control::undecodable(
+                    inner,
+                    queue,
+                    &m,
+                    "work-item queue message is not a TaskScheduled event",
+                )
+                .await;
+                continue;
+            }
+            let dequeue_count = u32::try_from(m.dequeue_count).unwrap_or(u32::MAX);
+            if m.dequeue_count >= control::POISON_DEQUEUE_COUNT {
+                tracing::warn!(message_id = %m.id, dequeue_count, "PoisonMessageDetected: activity keeps failing");
+            }
+            return Ok(Some(ActivityWorkItem {
+                id: m.id.clone(),
+                message,
+                locked_until: m.next_visible,
+                dequeue_count,
+                token: LockToken::new(ActivityToken {
+                    id: m.id,
+                    pop_receipt: Mutex::new(m.pop_receipt),
+                    text: m.text,
+                    locked_until: Mutex::new(m.next_visible),
+                }),
+            }));
+        }
+    }
+
+    async fn renew_activity_work_item_lock(
+        &self,
+        work_item: &ActivityWorkItem,
+    ) -> Result<OffsetDateTime, ProviderError> {
+        const OP: &str = "renew_activity_work_item_lock";
+        let inner = &self.inner;
+        let t = activity_token(&work_item.token, OP)?;
+        let receipt =
+            t.pop_receipt.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let vis = inner.settings.work_item_queue_visibility_timeout;
+        let new = inner
+            .queues
+            .update_message(&inner.names.work_item_queue, &t.id, &receipt, &t.text, vis)
+            .await
+            .map_err(|e| match e.kind() {
+                StorageErrorKind::NotFound
+                | StorageErrorKind::PreconditionFailed
+                | StorageErrorKind::InvalidInput => {
+                    perr(ProviderErrorKind::LeaseLost, OP, e.to_string())
+                }
+                _ => provider_error(OP, e),
+            })?;
+        *t.pop_receipt.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+        let until = inner.clock.now() + vis;
+        *t.locked_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = until;
+        Ok(until)
+    }
+
+    async fn complete_activity_work_item(
+        &self,
+        work_item: &ActivityWorkItem,
+        response: TaskMessage,
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "complete_activity_work_item";
+        let inner = &self.inner;
+        let t = activity_token(&work_item.token, OP)?;
+        let until = *t.locked_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if inner.clock.now() >= until {
+            return Err(perr(
+                ProviderErrorKind::LeaseLost,
+                OP,
+                "the activity's lock expired; another worker may run it",
+            ));
+        }
+        let instance = response.orchestration_instance.instance_id.clone();
+        send(inner, response, None, None, Duration::ZERO).await?;
+        if inner.crash(CrashPoint::ActivityAfterSend, &instance) {
+            return Err(crashed(OP, CrashPoint::ActivityAfterSend));
+        }
+        let receipt =
+            t.pop_receipt.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        match inner.queues.delete_message(&inner.names.work_item_queue, &t.id, &receipt).await {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    StorageErrorKind::NotFound
+                        | StorageErrorKind::PreconditionFailed
+                        | StorageErrorKind::InvalidInput
+                ) =>
+            {
+                tracing::warn!(message_id = %t.id, "MessageGone: activity message was redelivered before its delete");
+                Ok(())
+            }
+            Err(e) => Err(provider_error(OP, e)),
+        }
+    }
+
+    async fn abandon_activity_work_item(
+        &self,
+        work_item: &ActivityWorkItem,
+        retry_after: Duration,
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "abandon_activity_work_item";
+        let inner = &self.inner;
+        let t = activity_token(&work_item.token, OP)?;
+        let receipt =
+            t.pop_receipt.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        tracing::warn!(message_id = %t.id, delay_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX), "AbandoningMessage");
+        match inner
+            .queues
+            .update_message(
+                &inner.names.work_item_queue,
+                &t.id,
+                &receipt,
+                &t.text,
+                retry_after.min(MAX_VISIBILITY),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    StorageErrorKind::NotFound
+                        | StorageErrorKind::PreconditionFailed
+                        | StorageErrorKind::InvalidInput
+                ) =>
+            {
+                tracing::warn!(message_id = %t.id, "MessageGone");
+                Ok(())
+            }
+            Err(e) => Err(provider_error(OP, e)),
+        }
+    }
+}
+
+/// Randomized exponential poll back-off: 0, 50 ms, then `50 + rand[0.8,1.2] * 2^(k-1) * 50` ms,
+/// capped (DTF `BackoffPollingHelper`).
+pub(crate) fn backoff_delay(misses: u32, max: Duration) -> Duration {
+    if misses == 0 {
+        return Duration::from_millis(50);
+    }
+    let factor: f64 = rand::random::<f64>().mul_add(0.4, 0.8);
+    let exp = 2f64.powi(i32::try_from(misses.min(20)).unwrap_or(20) - 1);
+    Duration::from_secs_f64((50.0 + factor * exp * 50.0) / 1000.0).min(max)
+}
