@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 mod conformance;
 mod partitions;
+mod provider;
 mod storage_layer;
 mod support;
