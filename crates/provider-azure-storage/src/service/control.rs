@@ -117,7 +117,12 @@ pub(crate) struct CachedInstance {
     pub(crate) sentinel_etag: Option<String>,
     pub(crate) instance_etag: Option<String>,
     pub(crate) blobs: Vec<String>,
+    /// Status and custom status of the Instances row as last written.
+    pub(crate) row_view: Option<RowView>,
 }
+
+/// What the Instances row shows: status and custom status.
+pub(crate) type RowView = (OrchestrationStatus, Option<String>);
 
 /// A work item ready to be locked.
 #[derive(Debug)]
@@ -128,6 +133,7 @@ pub(crate) struct Prepared {
     pub(crate) history: LoadedHistory,
     pub(crate) instance_etag: Option<String>,
     pub(crate) instance_exists: bool,
+    pub(crate) row_view: Option<RowView>,
 }
 
 #[derive(Default)]
@@ -627,6 +633,7 @@ async fn build(
     };
 
     // History: the owner's cache, or storage.
+    let cached_view = cached.as_ref().and_then(|c| c.row_view.clone());
     let (mut history, mut instance_etag, cache_hit) = match cached {
         Some(c) => (
             LoadedHistory { events: c.events, sentinel_etag: c.sentinel_etag, blobs: c.blobs },
@@ -863,6 +870,11 @@ async fn build(
         history,
         instance_etag,
         instance_exists: !row_read || row.is_some(),
+        row_view: if row_read {
+            row.map(|r| (r.state.orchestration_status, r.state.status))
+        } else {
+            cached_view
+        },
     }))
 }
 

@@ -24,6 +24,14 @@ fn registry() -> RegistryBuilder {
             let s: String = ctx.call_activity("Echo", &format!("Hello {name}!")).await?;
             Ok(s)
         })
+        .orchestration("Hello3", |ctx: OrchestrationContext, (): ()| async move {
+            let mut out = Vec::new();
+            for city in ["Tokyo", "Seattle", "London"] {
+                let s: String = ctx.call_activity("Echo", &format!("Hello {city}")).await?;
+                out.push(s);
+            }
+            Ok(out)
+        })
         .orchestration("Big", |ctx: OrchestrationContext, input: String| async move {
             let n: usize = ctx.call_activity("Len", &input).await?;
             Ok(format!("{n}:{}", "y".repeat(n)))
@@ -484,5 +492,37 @@ async fn foreign_and_malformed_messages_do_not_stop_the_worker() {
         .expect("start");
     let s = r.client.wait_for_completion("junk-1", Duration::from_secs(60)).await.expect("done");
     assert_eq!(s.output_as::<String>().unwrap(), "Hello after junk!");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement helper"]
+async fn measure_ops_per_orchestration() {
+    let Some(acct) = account("measure_ops") else { return };
+    let svc = provider(&acct, test_settings("measure", 4));
+    let r = Running::start(svc).await;
+    let before = r.svc.storage_counters();
+    let n = 100;
+    for i in 0..n {
+        r.client
+            .schedule_new_orchestration(
+                "Hello3",
+                &(),
+                StartOptions::with_instance_id(format!("m-{i}")),
+            )
+            .await
+            .expect("start");
+    }
+    for i in 0..n {
+        r.client
+            .wait_for_completion(&format!("m-{i}"), Duration::from_secs(120))
+            .await
+            .expect("done");
+    }
+    let d = r.svc.storage_counters().since(&before);
+    println!("total per orchestration: {:.1}", d.total() as f64 / n as f64);
+    for (op, c) in d.non_zero() {
+        println!("{:?}: {:.2}", op, c as f64 / n as f64);
+    }
     r.stop().await;
 }
