@@ -526,3 +526,44 @@ async fn measure_ops_per_orchestration() {
     }
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_hands_prefetched_work_to_the_next_owner_at_once() {
+    let Some(acct) = account("graceful_stop_hands_prefetched_work") else { return };
+    let mut settings = test_settings("handover", 1);
+    // Long enough that only an explicit release can make the message visible within the test.
+    settings.control_queue_visibility_timeout = Duration::from_secs(300);
+    let mut sa = settings.clone();
+    sa.worker_id = "worker-a".into();
+    let mut sb = settings;
+    sb.worker_id = "worker-b".into();
+    let a = provider(&acct, sa);
+    let b = provider(&acct, sb);
+    a.create_if_not_exists().await.expect("create");
+    a.start().await.expect("start a");
+    let client = TaskHubClient::new(Arc::new(a.clone()));
+    client
+        .schedule_new_orchestration("Hello", &"x", StartOptions::with_instance_id("handover-1"))
+        .await
+        .expect("start");
+    // A's poller receives and prefetches the start; nobody locks it.
+    let info = crate::support::wait_for(Duration::from_secs(30), || async {
+        let i = a.hub_info().await.expect("info");
+        (i.owned_partitions.len() == 1).then_some(i)
+    })
+    .await;
+    assert_eq!(info.control_queues.len(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.stop(true).await.expect("graceful stop");
+    b.start().await.expect("start b");
+    let wb = crate::support::wait_for(Duration::from_secs(60), || async {
+        b.lock_next_orchestration_work_item(Duration::from_secs(2)).await.expect("lock")
+    })
+    .await;
+    assert_eq!(wb.instance_id, "handover-1");
+    assert!(wb.dequeue_count >= 2, "the message was received by A before: {}", wb.dequeue_count);
+    b.abandon_orchestration_work_item(&wb, Duration::ZERO).await.unwrap();
+    b.release_orchestration_work_item(&wb).await.unwrap();
+    b.stop(true).await.ok();
+    b.delete().await.expect("delete");
+}

@@ -86,3 +86,20 @@ impl durabletask_testkit::conformance::ProviderFactory for AzureFactory {
         }
     }
 }
+
+/// Polls `f` until it returns `Some`, panicking after `timeout`.
+#[allow(dead_code)] // used by some test modules only
+pub(crate) async fn wait_for<T, F, Fut>(timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
