@@ -55,6 +55,10 @@ pub struct AzureStorageSettings {
     pub max_queue_payload_bytes: usize,
     /// Table properties above this many UTF-16 bytes go to a gzip blob (default 60 KiB).
     pub max_table_property_bytes: usize,
+    /// Largest serialized message a client or orchestration may send (inputs, event payloads,
+    /// results), even through a blob; larger ones are refused with `InvalidInput` before anything
+    /// is written (not a DTF setting; default 32 MiB).
+    pub max_message_bytes: usize,
     /// Timeout of each storage call (not a DTF setting; default 30 s).
     pub storage_operation_timeout: Duration,
     /// Skip the ExecutionStarted de-duplication of 3.12 (default false).
@@ -98,6 +102,7 @@ impl AzureStorageSettings {
             lease_acquire_interval: Duration::from_secs(10),
             max_queue_payload_bytes: 45 * 1024,
             max_table_property_bytes: 60 * 1024,
+            max_message_bytes: 32 * 1024 * 1024,
             storage_operation_timeout: Duration::from_secs(30),
             disable_execution_started_deduplication: false,
             allow_replaying_terminal_instances: false,
@@ -177,6 +182,12 @@ impl AzureStorageSettings {
                     "must be 1 KiB-48 KiB (queue messages are at most 64 KiB), got {}",
                     self.max_queue_payload_bytes
                 ),
+            );
+        }
+        if !(64 * 1024..=100 * 1024 * 1024).contains(&self.max_message_bytes) {
+            return bad(
+                "max_message_bytes",
+                format!("must be 64 KiB-100 MiB, got {}", self.max_message_bytes),
             );
         }
         if !(1024..=64 * 1024).contains(&self.max_table_property_bytes) {

@@ -97,6 +97,17 @@ pub(crate) async fn encode_for_queue(
     const OP: &str = "send message";
     let bytes =
         data.to_bytes().map_err(|e| perr(ProviderErrorKind::InvalidInput, OP, e.to_string()))?;
+    if bytes.len() > inner.settings.max_message_bytes {
+        return Err(perr(
+            ProviderErrorKind::InvalidInput,
+            OP,
+            format!(
+                "message of {} bytes exceeds max_message_bytes ({})",
+                bytes.len(),
+                inner.settings.max_message_bytes
+            ),
+        ));
+    }
     // Base64 grows the text by 4/3; the threshold is on the encoded envelope bytes (DTF: 45 KB).
     if bytes.len() <= inner.settings.max_queue_payload_bytes {
         return Ok(MessageData::encode_text(&bytes));
@@ -767,7 +778,37 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             ));
         }
         let instance = response.orchestration_instance.instance_id.clone();
-        send(inner, response, None, None, Duration::ZERO).await?;
+        let target = response.orchestration_instance.clone();
+        let task_id = match &response.event.kind {
+            EventKind::TaskCompleted { task_scheduled_id, .. }
+            | EventKind::TaskFailed { task_scheduled_id, .. } => *task_scheduled_id,
+            _ => response.event.event_id,
+        };
+        match send(inner, response, None, None, Duration::ZERO).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == ProviderErrorKind::InvalidInput => {
+                // A result too large to send would otherwise be retried forever: the activity
+                // fails instead, with a clear reason the orchestration can handle.
+                tracing::warn!(instance_id = %instance, task_id, error = %e, "GeneralWarning: activity result refused; reporting a failure");
+                let details =
+                    durabletask_core::FailureDetails::new("PayloadTooLarge", e.to_string());
+                let failed = TaskMessage::new(
+                    target,
+                    durabletask_core::HistoryEvent::new(
+                        -1,
+                        inner.clock.now(),
+                        EventKind::TaskFailed {
+                            task_scheduled_id: task_id,
+                            reason: Some(e.to_string()),
+                            details: None,
+                            failure_details: Some(details),
+                        },
+                    ),
+                );
+                send(inner, failed, None, None, Duration::ZERO).await?;
+            }
+            Err(e) => return Err(e),
+        }
         if inner.crash(CrashPoint::ActivityAfterSend, &instance) {
             return Err(crashed(OP, CrashPoint::ActivityAfterSend));
         }
@@ -838,4 +879,32 @@ pub(crate) fn backoff_delay(misses: u32, max: Duration) -> Duration {
     let factor: f64 = rand::random::<f64>().mul_add(0.4, 0.8);
     let exp = 2f64.powi(i32::try_from(misses.min(20)).unwrap_or(20) - 1);
     Duration::from_secs_f64((50.0 + factor * exp * 50.0) / 1000.0).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_backoff_grows_randomized_and_capped() {
+        let max = Duration::from_secs(30);
+        assert_eq!(backoff_delay(0, max), Duration::from_millis(50));
+        for misses in 1..40 {
+            let d = backoff_delay(misses, max);
+            let base = 50.0 * 2f64.powi(i32::try_from(misses.min(20)).unwrap() - 1);
+            let lo = Duration::from_secs_f64((50.0 + 0.8 * base) / 1000.0).min(max);
+            let hi = Duration::from_secs_f64((50.0 + 1.2 * base) / 1000.0).min(max);
+            assert!(d >= lo && d <= hi, "{misses}: {d:?} not in {lo:?}..{hi:?}");
+        }
+        assert_eq!(backoff_delay(30, max), max);
+    }
+
+    #[test]
+    fn poison_backoff_is_dtf_min_2_pow_n_600() {
+        assert_eq!(control::poison_backoff(1), Duration::from_secs(2));
+        assert_eq!(control::poison_backoff(5), Duration::from_secs(32));
+        assert_eq!(control::poison_backoff(9), Duration::from_secs(512));
+        assert_eq!(control::poison_backoff(10), Duration::from_secs(600));
+        assert_eq!(control::poison_backoff(31), Duration::from_secs(600));
+    }
 }

@@ -9,6 +9,7 @@ mod account;
 mod azure;
 mod counters;
 mod entity;
+pub mod fault;
 
 pub use account::StorageAccount;
 pub use azure::AzureStorage;

@@ -32,6 +32,13 @@ fn registry() -> RegistryBuilder {
             }
             Ok(out)
         })
+        .activity("Blow", |_c: ActivityContext, n: usize| async move { Ok("z".repeat(n)) })
+        .orchestration("TooBig", |ctx: OrchestrationContext, n: usize| async move {
+            match ctx.call_activity::<_, String>("Blow", &n).await {
+                Ok(s) => Ok(format!("got {}", s.len())),
+                Err(e) => Ok(format!("failed: {e}")),
+            }
+        })
         .orchestration("Big", |ctx: OrchestrationContext, input: String| async move {
             let n: usize = ctx.call_activity("Len", &input).await?;
             Ok(format!("{n}:{}", "y".repeat(n)))
@@ -566,4 +573,40 @@ async fn graceful_stop_hands_prefetched_work_to_the_next_owner_at_once() {
     b.release_orchestration_work_item(&wb).await.unwrap();
     b.stop(true).await.ok();
     b.delete().await.expect("delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_are_refused_with_a_typed_error_and_nothing_written() {
+    let Some(acct) = account("oversized_messages_are_refused") else { return };
+    let mut settings = test_settings("oversize", 1);
+    settings.max_message_bytes = 64 * 1024;
+    let r = Running::start(provider(&acct, settings)).await;
+    let names = r.svc.resource_names().clone();
+    let err = r
+        .client
+        .schedule_new_orchestration(
+            "Big",
+            &"q".repeat(100 * 1024),
+            StartOptions::with_instance_id("huge"),
+        )
+        .await
+        .expect_err("oversized input accepted");
+    assert!(err.to_string().contains("max_message_bytes"), "{err}");
+    assert!(r.svc.get_state("huge", false).await.unwrap().is_none(), "no Instances row");
+    let st = storage(&acct);
+    assert_eq!(st.approximate_message_count(&names.control_queues[0]).await.unwrap(), 0);
+    assert!(st.list_blobs(&names.large_messages_container, "").await.unwrap().is_empty());
+    // An activity result over the limit fails the activity instead of retrying forever.
+    r.client
+        .schedule_new_orchestration(
+            "TooBig",
+            &(100 * 1024usize),
+            StartOptions::with_instance_id("too-big"),
+        )
+        .await
+        .expect("start");
+    let s = r.client.wait_for_completion("too-big", Duration::from_secs(60)).await.expect("done");
+    let out: String = s.output_as().unwrap();
+    assert!(out.starts_with("failed:") && out.contains("max_message_bytes"), "{out}");
+    r.stop().await;
 }
