@@ -610,3 +610,61 @@ async fn oversized_messages_are_refused_with_a_typed_error_and_nothing_written()
     assert!(out.starts_with("failed:") && out.contains("max_message_bytes"), "{out}");
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_and_duplicate_starts_are_deduplicated() {
+    use durabletask_azure_storage::envelope::MessageData;
+    use durabletask_core::{
+        ExecutionStartedEvent, HistoryEvent, OrchestrationInstance, TaskMessage,
+    };
+    let Some(acct) = account("stale_and_duplicate_starts") else { return };
+    let r = Running::start(provider(&acct, test_settings("dedupe", 1))).await;
+    let names = r.svc.resource_names().clone();
+    r.client
+        .schedule_new_orchestration("Hello", &"once", StartOptions::with_instance_id("dup-1"))
+        .await
+        .expect("start");
+    let done = r.client.wait_for_completion("dup-1", Duration::from_secs(60)).await.expect("done");
+    let exec = done.orchestration_instance.execution_id.clone().unwrap();
+    let history_before = r.client.get_history("dup-1").await.unwrap();
+    let st = storage(&acct);
+    let put = |exec: String, age: time::Duration| {
+        let inst = OrchestrationInstance::with_execution("dup-1", exec);
+        let ev = ExecutionStartedEvent::new(inst.clone(), "Hello", Some("\"again\"".into()));
+        let msg = TaskMessage::new(
+            inst,
+            HistoryEvent::new(
+                -1,
+                time::OffsetDateTime::now_utc() - age,
+                EventKind::ExecutionStarted(ev),
+            ),
+        );
+        MessageData::encode_text(&MessageData::new(msg, 1).to_bytes().unwrap())
+    };
+    // A redelivered copy of the original start, and a start of an older execution.
+    st.put_message(
+        &names.control_queues[0],
+        &put(exec.clone(), time::Duration::ZERO),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    st.put_message(
+        &names.control_queues[0],
+        &put(durabletask_core::new_execution_id(), time::Duration::hours(1)),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    crate::support::wait_for(Duration::from_secs(30), || async {
+        let n = st.approximate_message_count(&names.control_queues[0]).await.unwrap();
+        (n == 0).then_some(())
+    })
+    .await;
+    let after = r.client.get_state("dup-1").await.unwrap().expect("row");
+    assert_eq!(after.orchestration_status, OrchestrationStatus::Completed);
+    assert_eq!(after.orchestration_instance.execution_id.as_deref(), Some(exec.as_str()));
+    assert_eq!(after.output_as::<String>().unwrap(), "Hello once!");
+    assert_eq!(r.client.get_history("dup-1").await.unwrap(), history_before, "nothing re-ran");
+    r.stop().await;
+}
