@@ -568,6 +568,32 @@ impl OrchestrationContext {
         self.inner.borrow().replaying
     }
 
+    /// Runs `f` only when the orchestration is not replaying: replay-safe logging with any
+    /// `tracing` macro, e.g. `ctx.replay_safe(|| tracing::info!(city, "greeting"))`.
+    pub fn replay_safe(&self, f: impl FnOnce()) {
+        if !self.is_replaying() {
+            f();
+        }
+    }
+
+    /// Replay-safe structured log line at INFO (target `durabletask::orchestration`) with the
+    /// instance id, execution id and orchestration name as fields. Emitted once per decision,
+    /// not once per replay.
+    pub fn log_info(&self, message: &str) {
+        if !self.is_replaying() {
+            let i = self.inner.borrow();
+            tracing::info!(target: "durabletask::orchestration", instance_id = %i.instance_id, execution_id = %i.execution_id, orchestration = %i.name, "{message}");
+        }
+    }
+
+    /// Replay-safe structured log line at WARN; see [`log_info`](Self::log_info).
+    pub fn log_warn(&self, message: &str) {
+        if !self.is_replaying() {
+            let i = self.inner.borrow();
+            tracing::warn!(target: "durabletask::orchestration", instance_id = %i.instance_id, execution_id = %i.execution_id, orchestration = %i.name, "{message}");
+        }
+    }
+
     /// A deterministic GUID (UUID v5 from instance, execution, current time and a counter).
     pub fn new_guid(&self) -> uuid::Uuid {
         let mut i = self.inner.borrow_mut();

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::clock::{Clock, SystemClock};
 use crate::history::{EventKind, FailureDetails, HistoryEvent, NO_EVENT_ID, TaskMessage};
@@ -189,10 +190,19 @@ async fn orchestration_loop(
         match fetched {
             Ok(Some(wi)) => {
                 let s = Arc::clone(&shared);
-                tasks.spawn(async move {
-                    process_orchestration(&s, wi).await;
-                    drop(permit);
-                });
+                let span = tracing::info_span!(
+                    "orchestration_work_item",
+                    instance_id = %wi.instance_id,
+                    execution_id = wi.runtime_state.execution_id().unwrap_or(""),
+                    messages = wi.new_messages.len(),
+                );
+                tasks.spawn(
+                    async move {
+                        process_orchestration(&s, wi).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
             Ok(None) => {}
             Err(e) => {
@@ -224,10 +234,19 @@ async fn activity_loop(shared: Arc<Shared>, max: usize, mut rx: watch::Receiver<
         match fetched {
             Ok(Some(wi)) => {
                 let s = Arc::clone(&shared);
-                tasks.spawn(async move {
-                    process_activity(&s, wi).await;
-                    drop(permit);
-                });
+                let span = tracing::info_span!(
+                    "activity_work_item",
+                    instance_id = %wi.message.orchestration_instance.instance_id,
+                    task_id = wi.message.event.event_id,
+                    work_item = %wi.id,
+                );
+                tasks.spawn(
+                    async move {
+                        process_activity(&s, wi).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
             Ok(None) => {}
             Err(e) => {

@@ -668,7 +668,16 @@ async fn build(
         });
         if !fresh {
             match tracking::read_history(inner, instance_id).await {
-                Ok(h) => history = h,
+                Ok(h) => {
+                    tracing::debug!(
+                        instance_id,
+                        events = h.events.len(),
+                        sentinel_etag = h.sentinel_etag.as_deref().unwrap_or(""),
+                        latest = ?h.events.iter().rev().take(10).map(|e| e.event_type().as_str()).collect::<Vec<_>>(),
+                        "FetchedInstanceHistory"
+                    );
+                    history = h;
+                }
                 Err(e) => return Err(fail(e, batch)),
             }
         }
