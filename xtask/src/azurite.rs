@@ -128,18 +128,32 @@ pub(crate) struct Started {
     child: Child,
 }
 
+/// Log of the scoped instance this process started, if any (for `log_tail`).
+static SCOPED_LOG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 /// Spawns Azurite and waits until all three services accept connections. `detach` puts it in its own
 /// process group so it outlives `cargo xtask azurite start`.
 fn spawn(detach: bool) -> Result<Started> {
     let bin = install()?;
-    std::fs::create_dir_all(run_dir())?;
+    // A detached instance is *the* recorded one (`state.json`); a scoped one (test, demo) lives in
+    // its own directory and never touches the record, so it cannot orphan a detached instance.
+    let dir = if detach {
+        run_dir()
+    } else {
+        base_dir().join(format!("scoped-{}", std::process::id()))
+    };
+    std::fs::create_dir_all(&dir)?;
+    let log_path = dir.join("azurite.log");
+    if !detach {
+        let _ = SCOPED_LOG.set(log_path.clone());
+    }
     let mut last_err = None;
     for _attempt in 0..3 {
         let (blob, queue, table) = (free_port()?, free_port()?, free_port()?);
         if blob == queue || queue == table || blob == table {
             continue;
         }
-        let log = std::fs::File::create(log_file())?;
+        let log = std::fs::File::create(&log_path)?;
         let mut cmd = Command::new(&bin);
         cmd.args([
             "--silent",
@@ -150,12 +164,12 @@ fn spawn(detach: bool) -> Result<Started> {
         .args(["--blobHost", "127.0.0.1", "--blobPort", &blob.to_string()])
         .args(["--queueHost", "127.0.0.1", "--queuePort", &queue.to_string()])
         .args(["--tableHost", "127.0.0.1", "--tablePort", &table.to_string()])
-        .current_dir(run_dir())
+        .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
         if std::env::var_os("DTF_AZURITE_DEBUG").is_some() {
-            cmd.arg("--debug").arg(run_dir().join("debug.log"));
+            cmd.arg("--debug").arg(dir.join("debug.log"));
         }
         if detach {
             use std::os::unix::process::CommandExt;
@@ -174,7 +188,9 @@ fn spawn(detach: bool) -> Result<Started> {
                 break;
             }
             if env.ports().iter().all(|p| answers(*p)) {
-                std::fs::write(state_file(), env.to_json())?;
+                if detach {
+                    std::fs::write(state_file(), env.to_json())?;
+                }
                 return Ok(Started { env, child });
             }
             if Instant::now() > deadline {
@@ -225,7 +241,6 @@ impl Drop for Guard {
         if let Some(mut started) = self.started.take() {
             terminate(started.env.pid);
             let _ = started.child.wait();
-            let _ = std::fs::remove_file(state_file());
             eprintln!("xtask: Azurite (pid {}) stopped", started.env.pid);
         }
     }
@@ -307,7 +322,8 @@ fn is_zombie(pid: u32) -> bool {
 
 /// The last `lines` lines of Azurite's output, for failure reports.
 pub(crate) fn log_tail(lines: usize) -> String {
-    let text = std::fs::read_to_string(log_file()).unwrap_or_default();
+    let path = SCOPED_LOG.get().cloned().unwrap_or_else(log_file);
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

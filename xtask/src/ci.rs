@@ -129,13 +129,9 @@ pub(crate) fn tidy() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `cargo xtask demo`: start Azurite and run the sample orchestrations.
-pub(crate) fn demo(_args: &[&str]) -> Result<ExitCode> {
-    println!(
-        "cargo xtask demo: not yet available. The worker host and samples arrive with issue 6; \
-         until then `cargo xtask test` exercises the storage layer against Azurite."
-    );
-    Ok(ExitCode::SUCCESS)
+/// `cargo xtask demo`: start Azurite and run the sample orchestrations (see `demo.rs`).
+pub(crate) fn demo(args: &[&str]) -> Result<ExitCode> {
+    crate::demo::run(args)
 }
 
 fn metadata() -> Result<serde_json::Value> {

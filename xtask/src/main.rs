@@ -10,6 +10,7 @@
 
 mod azurite;
 mod ci;
+mod demo;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};

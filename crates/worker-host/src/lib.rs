@@ -1,9 +1,14 @@
-//! `TaskHubWorker` for durabletask-rs: registration, settings, connection, graceful shutdown and
-//! tracing setup.
+//! `TaskHubWorker` for durabletask-rs: registration, settings, connection, graceful shutdown,
+//! readiness, tracing setup, the sample orchestrations and the `durabletask` operator CLI.
 //!
-//! Today this crate holds the host configuration ([`HostSettings`], from code or `DTF_*`
-//! environment variables) and [`init_tracing`]; the worker itself arrives with the worker-host
-//! issue.
+//! * [`HostSettings`]: where storage is and how the provider is tuned, from code or `DTF_*`
+//!   environment variables ([`KNOWN_VARS`]).
+//! * [`TaskHubWorker`]: `TaskHubWorker::builder(settings).registry(..).start().await?`, then
+//!   [`TaskHubWorker::client`], [`TaskHubWorker::health`] and
+//!   [`TaskHubWorker::run_until_signal`] (SIGINT/SIGTERM: drain in-flight work, release
+//!   partitions).
+//! * [`samples`]: the orchestrations behind the examples and `cargo xtask demo`.
+//! * [`init_tracing`]: one-call `tracing` subscriber honouring `RUST_LOG`.
 //!
 //! ```
 //! use durabletask_worker_host::{HostSettings, StorageConnection};
@@ -13,7 +18,13 @@
 //! ```
 
 mod config;
+mod host;
+mod hub;
+pub mod samples;
+pub mod table;
 mod tracing_setup;
 
 pub use config::{ConfigError, DEFAULT_TASK_HUB, HostSettings, KNOWN_VARS, StorageConnection};
+pub use host::{DEFAULT_DRAIN_TIMEOUT, Health, HostError, TaskHubWorker, TaskHubWorkerBuilder};
+pub use hub::{HubStatus, QueueLength, azure_service};
 pub use tracing_setup::init_tracing;

@@ -544,7 +544,10 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                 match (&t.instance_etag, t.instance_exists) {
                     (Some(etag), _) if include_input => WriteMode::Replace(Some(etag.clone())),
                     (Some(etag), _) => WriteMode::Merge(Some(etag.clone())),
-                    (None, false) => WriteMode::Insert,
+                    // No row was seen: a new sub-orchestration whose parent may insert the Pending
+                // row concurrently (that insert yields to ours), or a repaired instance.
+                (None, false) if include_input => WriteMode::Upsert,
+                (None, false) => WriteMode::UpsertMerge,
                     (None, true) => WriteMode::UpsertMerge,
                 }
             } else if include_input {
