@@ -2,7 +2,7 @@
 //! with continuation, purge.
 
 use super::tracking::{self, InstanceRow};
-use super::worker::send;
+use super::worker::{send, send_with};
 use super::{AzureStorageOrchestrationService, perr, provider_error};
 use crate::keys::{SENTINEL_ROW_KEY, escape_partition_key};
 use crate::storage::{BatchOp, StorageErrorKind, TableContinuation, TableEntity, WriteMode};
@@ -250,10 +250,16 @@ impl OrchestrationServiceClient for AzureStorageOrchestrationService {
         state.last_updated_time = now;
         // 1. Enqueue the start message. 2. Then write the row (the start de-duplication relies on
         // this order).
-        send(inner, start, None, None, delay).await?;
+        send_with(inner, start, None, None, delay, false).await?;
         for attempt in 0..5 {
             match self.write_new_execution(&state, existing.as_ref()).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    let (partition, queue) = super::control::control_queue_of(inner, &id);
+                    if delay.is_zero() && inner.partitions.is_owned(&queue) {
+                        inner.control.wake(partition);
+                    }
+                    return Ok(());
+                }
                 Err(e)
                     if matches!(
                         e.kind(),

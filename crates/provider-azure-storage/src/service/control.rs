@@ -706,7 +706,7 @@ async fn build(
             let msg_exec = s.orchestration_instance.execution_id.clone();
             if row.is_none() && m.dequeue_count <= 1 && !reread_done {
                 // The client enqueues before it writes the row: give it a moment once.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
                 reread_done = true;
                 match tracking::read_instance(inner, instance_id, false).await {
                     Ok(r) => {

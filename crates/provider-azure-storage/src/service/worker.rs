@@ -134,6 +134,19 @@ pub(crate) async fn send(
     sender: Option<durabletask_core::OrchestrationInstance>,
     delay: Duration,
 ) -> Result<(), ProviderError> {
+    send_with(inner, message, episode, sender, delay, true).await
+}
+
+/// [`send`], optionally without waking the local poller (a client create wakes it only after the
+/// Instances row is written, so the first prefetch finds the row).
+pub(crate) async fn send_with(
+    inner: &Inner,
+    message: TaskMessage,
+    episode: Option<i32>,
+    sender: Option<durabletask_core::OrchestrationInstance>,
+    delay: Duration,
+    wake: bool,
+) -> Result<(), ProviderError> {
     const OP: &str = "send message";
     let activity = matches!(message.event.kind, EventKind::TaskScheduled { .. });
     let instance_id = message.orchestration_instance.instance_id.clone();
@@ -160,6 +173,7 @@ pub(crate) async fn send(
         .map_err(|e| provider_error(OP, e))?;
     tracing::debug!(instance_id, %event_type, queue, "SendingMessage");
     match partition {
+        _ if !wake => {}
         Some(p) if inner.partitions.is_owned(&queue) => inner.control.wake(p),
         Some(_) => {}
         None => inner.activities.wake.notify_one(),
@@ -545,9 +559,9 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                     (Some(etag), _) if include_input => WriteMode::Replace(Some(etag.clone())),
                     (Some(etag), _) => WriteMode::Merge(Some(etag.clone())),
                     // No row was seen: a new sub-orchestration whose parent may insert the Pending
-                // row concurrently (that insert yields to ours), or a repaired instance.
-                (None, false) if include_input => WriteMode::Upsert,
-                (None, false) => WriteMode::UpsertMerge,
+                    // row concurrently (that insert yields to ours), or a repaired instance.
+                    (None, false) if include_input => WriteMode::Upsert,
+                    (None, false) => WriteMode::UpsertMerge,
                     (None, true) => WriteMode::UpsertMerge,
                 }
             } else if include_input {
