@@ -137,11 +137,8 @@ fn spawn(detach: bool) -> Result<Started> {
     let bin = install()?;
     // A detached instance is *the* recorded one (`state.json`); a scoped one (test, demo) lives in
     // its own directory and never touches the record, so it cannot orphan a detached instance.
-    let dir = if detach {
-        run_dir()
-    } else {
-        base_dir().join(format!("scoped-{}", std::process::id()))
-    };
+    let dir =
+        if detach { run_dir() } else { base_dir().join(format!("scoped-{}", std::process::id())) };
     std::fs::create_dir_all(&dir)?;
     let log_path = dir.join("azurite.log");
     if !detach {

@@ -152,6 +152,15 @@ const ALLOWED_EDGES: &[(&str, &[&str])] = &[
     ("durabletask-azure-storage", &["durabletask-core", "durabletask-partition-manager"]),
     ("durabletask-worker-host", &["durabletask-core", "durabletask-azure-storage"]),
     ("durabletask-testkit", &["durabletask-core", "durabletask-partition-manager"]),
+    (
+        "durabletask-bench",
+        &[
+            "durabletask-core",
+            "durabletask-azure-storage",
+            "durabletask-testkit",
+            "durabletask-partition-manager",
+        ],
+    ),
     ("xtask", &[]),
 ];
 

@@ -4,11 +4,13 @@
 //! cargo xtask azurite start|stop|status|env   manage a pinned, in-memory Azurite on free loopback ports
 //! cargo xtask test [--external] [-- ARGS]     build, start Azurite, run every test, always stop Azurite
 //! cargo xtask ci                              fmt --check, clippy -D warnings, cargo deny, test
+//! cargo xtask bench [--criterion] [-- ARGS]  dtbench on the in-memory provider, then on Azurite
 //! cargo xtask demo                            run the sample orchestrations against Azurite
 //! ```
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool talks on stdout/stderr
 
 mod azurite;
+mod bench;
 mod ci;
 mod demo;
 
@@ -26,7 +28,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <azurite start|stop|status|env | test [--external] [-- ARGS] | ci | demo | tidy>";
+const USAGE: &str = "usage: cargo xtask <azurite start|stop|status|env | test [--external] [-- ARGS] | ci | demo | tidy | bench [--memory-only|--azure-only] [--criterion] [-- ARGS]>";
 
 fn run() -> Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -52,6 +54,7 @@ fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ["test", rest @ ..] => ci::test(rest),
+        ["bench", rest @ ..] => bench::bench(rest),
         ["ci"] => ci::ci(),
         ["tidy"] => ci::tidy(),
         ["demo", rest @ ..] => ci::demo(rest),
