@@ -153,6 +153,15 @@ const ALLOWED_EDGES: &[(&str, &[&str])] = &[
     ("durabletask-worker-host", &["durabletask-core", "durabletask-azure-storage"]),
     ("durabletask-testkit", &["durabletask-core", "durabletask-partition-manager"]),
     (
+        "durabletask-chaos",
+        &[
+            "durabletask-core",
+            "durabletask-azure-storage",
+            "durabletask-testkit",
+            "durabletask-partition-manager",
+        ],
+    ),
+    (
         "durabletask-bench",
         &[
             "durabletask-core",

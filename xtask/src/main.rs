@@ -6,6 +6,7 @@
 //! cargo xtask ci                              fmt --check, clippy -D warnings, cargo deny, test
 //! cargo xtask bench [--criterion] [-- ARGS]  dtbench on the in-memory provider, then on Azurite
 //! cargo xtask demo                            run the sample orchestrations against Azurite
+//! cargo xtask stress [--light] [--seed=N]     reliability scenarios (heavy profile) on Azurite
 //! ```
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool talks on stdout/stderr
 
@@ -13,6 +14,7 @@ mod azurite;
 mod bench;
 mod ci;
 mod demo;
+mod stress;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -28,7 +30,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <azurite start|stop|status|env | test [--external] [-- ARGS] | ci | demo | tidy | bench [--memory-only|--azure-only] [--criterion] [-- ARGS]>";
+const USAGE: &str = "usage: cargo xtask <azurite start|stop|status|env | test [--external] [-- ARGS] | ci | demo | tidy | bench [--memory-only|--azure-only] [--criterion] [-- ARGS] | stress [--light] [--seed=N]>";
 
 fn run() -> Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -58,6 +60,7 @@ fn run() -> Result<ExitCode> {
         ["ci"] => ci::ci(),
         ["tidy"] => ci::tidy(),
         ["demo", rest @ ..] => ci::demo(rest),
+        ["stress", rest @ ..] => stress::run(rest),
         _ => bail!("{USAGE}"),
     }
 }

@@ -13,7 +13,7 @@
 
 use super::tracking::{self, InstanceRow, LoadedHistory};
 use super::{Inner, MAX_VISIBILITY, perr};
-use crate::envelope::MessageData;
+use crate::envelope::{EnvelopeError, MessageData};
 use crate::keys::partition_index;
 use crate::storage::{ReceivedMessage, StorageErrorKind};
 use async_trait::async_trait;
@@ -270,23 +270,77 @@ pub(crate) fn control_queue_of(inner: &Inner, instance_id: &str) -> (u8, String)
 // ---------------------------------------------------------------------------------------------
 // Polling
 
-/// Decodes a received message, downloading a large envelope. `Err` carries the reason.
-pub(crate) async fn decode(inner: &Inner, m: &ReceivedMessage) -> Result<MessageData, String> {
-    let data = MessageData::decode_text(&m.text).map_err(|e| e.to_string())?;
+/// Why a received message could not be turned into a task message.
+#[derive(Debug, Clone)]
+pub(crate) enum DecodeFailure {
+    /// The message itself is bad (foreign, malformed, truncated, its blob missing or corrupt):
+    /// decoding it again gives the same result, so it is quarantined after repeated deliveries.
+    Malformed(String),
+    /// Decoding needs something that is unavailable right now (a blob download failed, or the
+    /// envelope is from a newer version, whose workers may be rolling out): back off, never
+    /// quarantine.
+    Unavailable(String),
+}
+
+impl DecodeFailure {
+    fn reason(&self) -> &str {
+        match self {
+            Self::Malformed(r) | Self::Unavailable(r) => r,
+        }
+    }
+}
+
+/// Decodes a received message, downloading a large envelope.
+pub(crate) async fn decode(
+    inner: &Inner,
+    m: &ReceivedMessage,
+) -> Result<MessageData, DecodeFailure> {
+    let envelope_failure = |e: EnvelopeError| match e {
+        EnvelopeError::UnsupportedVersion(_) => DecodeFailure::Unavailable(e.to_string()),
+        other => DecodeFailure::Malformed(other.to_string()),
+    };
+    let data = MessageData::decode_text(&m.text).map_err(envelope_failure)?;
     let Some(blob) = data.compressed_blob_name.clone() else {
         return Ok(data);
     };
-    let bytes = inner.large.download(&blob).await.map_err(|e| e.to_string())?;
-    let full = MessageData::from_bytes(&bytes).map_err(|e| e.to_string())?;
+    let bytes = inner.large.download(&blob).await.map_err(|e| match e.kind() {
+        StorageErrorKind::NotFound
+        | StorageErrorKind::Permanent
+        | StorageErrorKind::InvalidInput => {
+            DecodeFailure::Malformed(format!("large-message blob {blob}: {e}"))
+        }
+        _ => DecodeFailure::Unavailable(format!("large-message blob {blob}: {e}")),
+    })?;
+    let full = MessageData::from_bytes(&bytes).map_err(envelope_failure)?;
     if full.task_message.is_none() {
-        return Err(format!("large-message blob {blob} holds no task message"));
+        return Err(DecodeFailure::Malformed(format!(
+            "large-message blob {blob} holds no task message"
+        )));
     }
     Ok(full)
 }
 
-/// Handles a message that cannot be decoded: back off, and quarantine it in the poison queue
-/// once it has failed [`QUARANTINE_DEQUEUE_COUNT`] times. The worker keeps running either way.
-pub(crate) async fn undecodable(inner: &Inner, queue: &str, m: &ReceivedMessage, reason: &str) {
+/// Handles a message that cannot be decoded. A malformed message backs off and is quarantined in
+/// the poison queue once it has been delivered [`QUARANTINE_DEQUEUE_COUNT`] times (decoding is
+/// deterministic, so earlier deliveries that failed for other reasons do not matter: it would
+/// fail the same way). A message that is only unavailable now is abandoned with a short back-off
+/// and never quarantined. The worker keeps running either way.
+pub(crate) async fn undecodable(
+    inner: &Inner,
+    queue: &str,
+    m: &ReceivedMessage,
+    failure: &DecodeFailure,
+) {
+    let reason = failure.reason();
+    if let DecodeFailure::Unavailable(_) = failure {
+        let delay = poison_backoff(m.dequeue_count).min(Duration::from_secs(30));
+        tracing::warn!(
+            queue, message_id = %m.id, dequeue_count = m.dequeue_count, reason,
+            delay_secs = delay.as_secs(), "MessageFailure: cannot decode message now; abandoning"
+        );
+        let _ = inner.queues.update_message(queue, &m.id, &m.pop_receipt, &m.text, delay).await;
+        return;
+    }
     if m.dequeue_count >= QUARANTINE_DEQUEUE_COUNT {
         let record = serde_json::json!({
             "sourceQueue": queue,
@@ -601,7 +655,7 @@ async fn prefetch(inner: &Arc<Inner>, instance_id: String, queue: String, batch:
         }
         Ok(None) => ControlState::finish(inner, &instance_id, &ids),
         Err((e, batch)) => {
-            tracing::error!(instance_id, error = %e, "OrchestrationProcessingFailure: prefetch failed");
+            tracing::warn!(instance_id, error = %e, "OrchestrationProcessingFailure: prefetch failed");
             inner.control.cache_invalidate(&instance_id);
             defer_messages(inner, &batch, Duration::from_secs(5)).await;
             ControlState::finish(inner, &instance_id, &ids);

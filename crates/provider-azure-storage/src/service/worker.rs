@@ -726,7 +726,9 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                     inner,
                     queue,
                     &m,
-                    "work-item queue message is not a TaskScheduled event",
+                    &control::DecodeFailure::Malformed(
+                        "work-item queue message is not a TaskScheduled event".into(),
+                    ),
                 )
                 .await;
                 continue;

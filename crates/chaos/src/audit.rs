@@ -1,0 +1,315 @@
+//! The end-of-run auditor (reliability-plan §6.1, I1-I8 as far as the client API shows them).
+//!
+//! For every planned instance: it reached Completed with the expected output (I1), nothing is
+//! stuck, History and Instances agree on status and output (I4), the current execution has one
+//! `ExecutionStarted` and one `ExecutionCompleted`, every completion refers to a scheduled task
+//! (I3), and every scheduled activity appears in the ledger at least once (I8). Duplicate
+//! executions (ledger count - 1) are counted and reported, not failed: activities are
+//! at-least-once (G2). After a purge, the large-message container must be empty (I6).
+
+use crate::Result;
+use crate::ledger::Ledger;
+use crate::workload::Planned;
+use durabletask_azure_storage::AzureStorageOrchestrationService;
+use durabletask_azure_storage::storage::BlobStore;
+use durabletask_core::{
+    EventKind, OrchestrationQuery, OrchestrationServiceClient, OrchestrationStatus,
+};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+/// Retries a harness read a few times: the auditor must not fail on one timeout of a storage
+/// emulator that is busy with the scenario's own load.
+pub(crate) async fn retry<T, E, F, Fut>(mut f: F) -> std::result::Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < 8 => {
+                tracing::warn!(error = %e, attempt, "chaos: harness read failed; retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What the auditor found.
+#[derive(Debug, Clone, Default)]
+pub struct Audit {
+    /// Planned instances (children included).
+    pub expected: usize,
+    /// Completed with the right output and consistent history.
+    pub completed: usize,
+    /// No Instances row at all.
+    pub lost: usize,
+    /// Not terminal by the deadline.
+    pub stuck: usize,
+    /// Terminal with the wrong status or output.
+    pub wrong_output: usize,
+    /// History and Instances disagree, or history is malformed.
+    pub history_mismatch: usize,
+    /// Extra executions of committed scheduled activities (ledger count - 1, summed).
+    pub dup_activity_exec: usize,
+    /// Executions of activities whose scheduling episode never committed (aborted episodes).
+    pub uncommitted_activity_exec: usize,
+    /// Scheduled activities with a completion but no ledger row (must be 0).
+    pub missing_activity_exec: usize,
+    /// Completions appended to history more than once for one scheduled task: redelivered
+    /// responses that replay absorbed (reported, not a failure: I3).
+    pub duplicate_completions_in_history: usize,
+    /// Median and 99th percentile of created -> completed, seconds.
+    pub latency_p50: f64,
+    /// See `latency_p50`.
+    pub latency_p99: f64,
+    /// The first problems found, for the failure message.
+    pub problems: Vec<String>,
+}
+
+impl Audit {
+    /// True when nothing was lost, stuck, wrong or inconsistent.
+    pub fn ok(&self) -> bool {
+        self.completed == self.expected
+            && self.lost == 0
+            && self.stuck == 0
+            && self.wrong_output == 0
+            && self.history_mismatch == 0
+            && self.missing_activity_exec == 0
+    }
+
+    fn problem(&mut self, p: String) {
+        if self.problems.len() < 20 {
+            self.problems.push(p);
+        }
+    }
+}
+
+fn common_prefix(planned: &[Planned]) -> String {
+    let mut it = planned.iter().map(|p| p.instance_id.as_str());
+    let Some(first) = it.next() else { return String::new() };
+    let mut len = first.len();
+    for id in it {
+        len = first.bytes().zip(id.bytes()).take(len).take_while(|(a, b)| a == b).count();
+    }
+    first[..len].to_owned()
+}
+
+/// Waits until every planned instance is terminal or `timeout` passes; returns how many are
+/// terminal. Polls with one prefix query per round (cheap for the storage under test).
+///
+/// # Errors
+/// When the query keeps failing.
+pub async fn wait_terminal(
+    svc: &AzureStorageOrchestrationService,
+    planned: &[Planned],
+    timeout: Duration,
+) -> Result<usize> {
+    let want: HashSet<&str> = planned.iter().map(|p| p.instance_id.as_str()).collect();
+    let prefix = common_prefix(planned);
+    let deadline = Instant::now() + timeout;
+    let mut failures = 0;
+    loop {
+        let mut done = 0;
+        let mut token = None;
+        let mut ok = true;
+        loop {
+            let q = OrchestrationQuery {
+                instance_id_prefix: Some(prefix.clone()),
+                page_size: 1000,
+                continuation_token: token,
+                fetch_inputs_and_outputs: false,
+                ..OrchestrationQuery::default()
+            };
+            match svc.query(&q).await {
+                Ok(page) => {
+                    done += page
+                        .states
+                        .iter()
+                        .filter(|s| {
+                            want.contains(s.instance_id()) && s.orchestration_status.is_terminal()
+                        })
+                        .count();
+                    token = page.continuation_token;
+                    if token.is_none() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures > 20 {
+                        return Err(e.into());
+                    }
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok && done == want.len() {
+            return Ok(done);
+        }
+        if Instant::now() >= deadline {
+            return Ok(done);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits up to `timeout` for the planned instances, then audits each of them.
+///
+/// # Errors
+/// When storage reads fail (not for findings).
+pub async fn audit(
+    svc: &AzureStorageOrchestrationService,
+    planned: &[Planned],
+    ledger: &Ledger,
+    timeout: Duration,
+) -> Result<Audit> {
+    wait_terminal(svc, planned, timeout).await?;
+    let executions = retry(|| ledger.executions()).await?;
+    let mut a = Audit { expected: planned.len(), ..Audit::default() };
+    let mut latencies = Vec::new();
+    let mut committed_tasks = BTreeSet::new();
+    for p in planned {
+        let id = p.instance_id.as_str();
+        let Some(state) = retry(|| svc.get_state(id, true)).await? else {
+            a.lost += 1;
+            a.problem(format!("{id}: lost (no Instances row)"));
+            continue;
+        };
+        if !state.orchestration_status.is_terminal() {
+            a.stuck += 1;
+            a.problem(format!("{id}: stuck in {}", state.orchestration_status.as_str()));
+            continue;
+        }
+        let output: Option<String> =
+            state.output.as_deref().and_then(|o| serde_json::from_str(o).ok());
+        let mut good = true;
+        if state.orchestration_status != OrchestrationStatus::Completed
+            || output.as_deref() != Some(p.output.as_str())
+        {
+            a.wrong_output += 1;
+            good = false;
+            let shown: String = state.output.as_deref().unwrap_or("").chars().take(200).collect();
+            a.problem(format!(
+                "{id}: {} with output {shown:?}",
+                state.orchestration_status.as_str()
+            ));
+        }
+        let history = retry(|| svc.get_history(id, None)).await?;
+        let exec = state.orchestration_instance.execution_id.clone().unwrap_or_default();
+        let starts =
+            history.iter().filter(|e| matches!(e.kind, EventKind::ExecutionStarted(_))).count();
+        let ends: Vec<_> = history
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::ExecutionCompleted { orchestration_status, result, .. } => {
+                    Some((*orchestration_status, result.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut consistent = starts == 1 && ends.len() == 1;
+        if let Some((status, result)) = ends.first()
+            && (*status != state.orchestration_status || *result != state.output)
+        {
+            consistent = false;
+        }
+        let mut scheduled = BTreeMap::new();
+        for e in &history {
+            if let EventKind::TaskScheduled { name, .. } = &e.kind {
+                scheduled.insert(e.event_id, (name.clone(), 0usize));
+            }
+        }
+        for e in &history {
+            if let EventKind::TaskCompleted { task_scheduled_id, .. }
+            | EventKind::TaskFailed { task_scheduled_id, .. } = &e.kind
+            {
+                match scheduled.get_mut(task_scheduled_id) {
+                    Some((_, n)) => *n += 1,
+                    None => {
+                        consistent = false;
+                        a.problem(format!(
+                            "{id}: completion of unscheduled task {task_scheduled_id}"
+                        ));
+                    }
+                }
+            }
+        }
+        for (task_id, (name, completions)) in &scheduled {
+            if *completions > 1 {
+                a.duplicate_completions_in_history += completions - 1;
+            }
+            if name != crate::workload::STEP {
+                continue;
+            }
+            let key = (id.to_owned(), exec.clone(), *task_id);
+            let n = executions.get(&key).copied().unwrap_or(0);
+            if n == 0 && *completions > 0 {
+                a.missing_activity_exec += 1;
+                a.problem(format!("{id}: task {task_id} completed but never executed (ledger)"));
+            }
+            a.dup_activity_exec += n.saturating_sub(1);
+            committed_tasks.insert(key);
+        }
+        if !consistent {
+            a.history_mismatch += 1;
+            good = false;
+            a.problem(format!(
+                "{id}: history disagrees with Instances (starts={starts}, ends={ends:?}, row={} {:?})",
+                state.orchestration_status.as_str(),
+                state.output.as_deref().map(|o| o.chars().take(80).collect::<String>())
+            ));
+        }
+        if good {
+            a.completed += 1;
+            if let Some(done) = state.completed_time {
+                latencies.push((done - state.created_time).as_seconds_f64());
+            }
+        }
+    }
+    a.uncommitted_activity_exec =
+        executions.iter().filter(|(k, _)| !committed_tasks.contains(*k)).map(|(_, n)| *n).sum();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |q: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let idx = (q * (latencies.len() - 1) as f64).round() as usize;
+        latencies[idx.min(latencies.len() - 1)]
+    };
+    a.latency_p50 = pct(0.50);
+    a.latency_p99 = pct(0.99);
+    Ok(a)
+}
+
+/// Purges every planned instance and returns the large-message blobs left behind (I6: must be
+/// none).
+///
+/// # Errors
+/// When storage fails.
+pub async fn purge_and_count_orphan_blobs(
+    svc: &AzureStorageOrchestrationService,
+    blobs: &dyn BlobStore,
+    planned: &[Planned],
+) -> Result<Vec<String>> {
+    for p in planned {
+        retry(|| svc.purge_instance(&p.instance_id)).await?;
+    }
+    let container = svc.resource_names().large_messages_container.clone();
+    Ok(retry(|| blobs.list_blobs(&container, "")).await?)
+}
+
+/// Messages still in the hub's control and work-item queues (approximate).
+///
+/// # Errors
+/// When storage fails.
+pub async fn queue_residue(svc: &AzureStorageOrchestrationService) -> Result<u64> {
+    let info = retry(|| svc.hub_info()).await?;
+    Ok(info.control_queues.iter().map(|(_, n)| n).sum::<u64>() + info.work_item_queue_length)
+}

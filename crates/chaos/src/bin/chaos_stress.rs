@@ -1,0 +1,57 @@
+//! `chaos_stress`: runs every chaos scenario with the heavy profile (or `--light`) against the
+//! storage in `DTF_CHAOS_CONNECTION_STRING` and prints one summary line per scenario, then
+//! `N passed, N failed`. `cargo xtask stress` starts Azurite and runs this.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a binary reports on stdout
+
+use durabletask_chaos::scenarios::{self, Profile};
+use durabletask_chaos::setup::{CONNECTION_STRING_VAR, ChaosEnv};
+use std::process::ExitCode;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    durabletask_chaos::logs::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let profile = if args.iter().any(|a| a == "--light") { Profile::LIGHT } else { Profile::HEAVY };
+    let seed = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--seed="))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let Ok(cs) = std::env::var(CONNECTION_STRING_VAR) else {
+        eprintln!("chaos_stress: {CONNECTION_STRING_VAR} is not set (use `cargo xtask stress`)");
+        return ExitCode::FAILURE;
+    };
+    let env = match ChaosEnv::new(&cs) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("chaos_stress: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let bin = match durabletask_chaos::procs::sibling_worker_bin() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("chaos_stress: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("chaos_stress: profile={} seed={seed}", profile.name);
+    let result = scenarios::run_all(&env, &bin, &profile, seed, |r| {
+        println!("{r}");
+        if !r.passed() {
+            eprintln!("{}", r.explain());
+        }
+    })
+    .await;
+    match result {
+        Ok(reports) => {
+            let passed = reports.iter().filter(|r| r.passed()).count();
+            println!("{passed} passed, {} failed", reports.len() - passed);
+            if passed == reports.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(e) => {
+            eprintln!("chaos_stress: harness error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Reliability harness for durabletask-rs (issue 8, reliability-plan §1.1 and §6).
+//!
+//! * [`ledger`]: an activity ledger independent of the framework: every activity execution
+//!   appends a row to a table of its own, so duplicate executions are counted from outside.
+//! * [`workload`]: the mixed workload `W(N)` (chains, fan-outs, timers, sub-orchestrations,
+//!   some with payloads large enough for blobs) with outputs computable in advance.
+//! * [`audit`]: the end-of-run auditor: terminal states and outputs, nothing stuck, History and
+//!   Instances agree, ledger vs history, orphaned large-message blobs after purge.
+//! * [`procs`]: `chaos_worker` child processes the harness can SIGKILL, SIGSTOP and SIGCONT.
+//! * [`scenarios`]: crash points, process kills, lease races, storage faults, reordering, poison
+//!   messages, bad input and clock jumps, each returning a [`scenarios::ScenarioReport`].
+//! * [`logs`]: a tracing layer that counts the provider's well-known log events
+//!   (`SplitBrainDetected`, `PoisonMessageDetected`, ...).
+
+pub mod audit;
+pub mod ledger;
+pub mod logs;
+pub mod procs;
+pub mod scenarios;
+pub mod setup;
+pub mod workload;
+
+use durabletask_azure_storage::storage::StorageError;
+use durabletask_core::{ClientError, ProviderError};
+
+/// A harness failure (not an audit finding: those are in the reports).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChaosError {
+    /// The provider failed.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The client failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A direct storage call failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The provider could not be built.
+    #[error(transparent)]
+    Setup(#[from] durabletask_azure_storage::Error),
+    /// A child process could not be started or signalled.
+    #[error("process: {0}")]
+    Io(#[from] std::io::Error),
+    /// The scenario could not run as designed.
+    #[error("{0}")]
+    Harness(String),
+}
+
+/// Result of harness operations.
+pub type Result<T, E = ChaosError> = std::result::Result<T, E>;
