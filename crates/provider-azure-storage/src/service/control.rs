@@ -178,7 +178,7 @@ impl ControlState {
     }
 
     fn lock(&self) -> MutexGuard<'_, Buffers> {
-        self.buffers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        locked(&self.buffers)
     }
 
     /// Resets the poll back-off of a control queue after a local send.
@@ -259,6 +259,22 @@ fn spawn_prefetch(inner: &Arc<Inner>, instance_id: String, queue: String, batch:
     tokio::spawn(async move {
         prefetch(&inner, instance_id, queue, batch).await;
     });
+}
+
+/// Whether a queue update or delete failed because our receipt is stale: the message was deleted,
+/// or redelivered to someone else (404 on Azure; 412, or 400 `PopReceiptMismatch` on Azurite).
+pub(crate) fn message_gone(e: &crate::storage::StorageError) -> bool {
+    matches!(
+        e.kind(),
+        StorageErrorKind::NotFound
+            | StorageErrorKind::PreconditionFailed
+            | StorageErrorKind::InvalidInput
+    )
+}
+
+/// Locks a std mutex, ignoring poisoning (the data is plain bookkeeping).
+pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Queue name of an instance's control queue.
@@ -595,7 +611,7 @@ pub(crate) async fn delete_messages(inner: &Inner, messages: &[(String, String, 
     let deletes = messages.iter().map(|(queue, id, receipt)| async move {
         match inner.queues.delete_message(queue, id, receipt).await {
             Ok(()) => {}
-            Err(e) if matches!(e.kind(), StorageErrorKind::NotFound | StorageErrorKind::PreconditionFailed | StorageErrorKind::InvalidInput) => {
+            Err(e) if message_gone(&e) => {
                 tracing::warn!(queue, message_id = %id, "MessageGone: already deleted or redelivered");
             }
             Err(e) => tracing::warn!(queue, message_id = %id, error = %e, "MessageFailure: delete failed"),
@@ -1040,12 +1056,7 @@ pub(crate) struct Listener {
 
 impl Listener {
     fn stop_poller(inner: &Inner, queue: &str) {
-        let poller = inner
-            .control
-            .pollers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(queue);
+        let poller = locked(&inner.control.pollers).remove(queue);
         if let Some(p) = poller {
             p.cancel.store(true, Ordering::Release);
             p.task.abort();
@@ -1106,12 +1117,7 @@ impl PartitionListener for Listener {
             partition.index,
             cancel.clone(),
         ));
-        let old = inner
-            .control
-            .pollers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(queue, Poller { cancel, task });
+        let old = locked(&inner.control.pollers).insert(queue, Poller { cancel, task });
         if let Some(old) = old {
             old.cancel.store(true, Ordering::Release);
             old.task.abort();
@@ -1142,14 +1148,7 @@ impl PartitionListener for Listener {
 
 /// Stops every poller (provider shutdown).
 pub(crate) fn stop_all_pollers(inner: &Inner) {
-    let pollers: Vec<Poller> = inner
-        .control
-        .pollers
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .drain()
-        .map(|(_, p)| p)
-        .collect();
+    let pollers: Vec<Poller> = locked(&inner.control.pollers).drain().map(|(_, p)| p).collect();
     for p in pollers {
         p.cancel.store(true, Ordering::Release);
         p.task.abort();

@@ -38,7 +38,7 @@ pub(crate) struct SessionToken {
 
 impl SessionToken {
     fn messages(&self) -> std::sync::MutexGuard<'_, Vec<Buffered>> {
-        self.messages.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        control::locked(&self.messages)
     }
 }
 
@@ -759,24 +759,21 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         const OP: &str = "renew_activity_work_item_lock";
         let inner = &self.inner;
         let t = activity_token(&work_item.token, OP)?;
-        let receipt =
-            t.pop_receipt.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let receipt = control::locked(&t.pop_receipt).clone();
         let vis = inner.settings.work_item_queue_visibility_timeout;
         let new = inner
             .queues
             .update_message(&inner.names.work_item_queue, &t.id, &receipt, &t.text, vis)
             .await
             .map_err(|e| match e.kind() {
-                StorageErrorKind::NotFound
-                | StorageErrorKind::PreconditionFailed
-                | StorageErrorKind::InvalidInput => {
+                _ if control::message_gone(&e) => {
                     perr(ProviderErrorKind::LeaseLost, OP, e.to_string())
                 }
                 _ => provider_error(OP, e),
             })?;
-        *t.pop_receipt.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+        *control::locked(&t.pop_receipt) = new;
         let until = inner.clock.now() + vis;
-        *t.locked_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = until;
+        *control::locked(&t.locked_until) = until;
         Ok(until)
     }
 
@@ -788,7 +785,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         const OP: &str = "complete_activity_work_item";
         let inner = &self.inner;
         let t = activity_token(&work_item.token, OP)?;
-        let until = *t.locked_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let until = *control::locked(&t.locked_until);
         if inner.clock.now() >= until {
             return Err(perr(
                 ProviderErrorKind::LeaseLost,
@@ -831,18 +828,10 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         if inner.crash(CrashPoint::ActivityAfterSend, &instance) {
             return Err(crashed(OP, CrashPoint::ActivityAfterSend));
         }
-        let receipt =
-            t.pop_receipt.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let receipt = control::locked(&t.pop_receipt).clone();
         match inner.queues.delete_message(&inner.names.work_item_queue, &t.id, &receipt).await {
             Ok(()) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    StorageErrorKind::NotFound
-                        | StorageErrorKind::PreconditionFailed
-                        | StorageErrorKind::InvalidInput
-                ) =>
-            {
+            Err(e) if control::message_gone(&e) => {
                 tracing::warn!(message_id = %t.id, "MessageGone: activity message was redelivered before its delete");
                 Ok(())
             }
@@ -858,8 +847,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         const OP: &str = "abandon_activity_work_item";
         let inner = &self.inner;
         let t = activity_token(&work_item.token, OP)?;
-        let receipt =
-            t.pop_receipt.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let receipt = control::locked(&t.pop_receipt).clone();
         tracing::warn!(message_id = %t.id, delay_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX), "AbandoningMessage");
         match inner
             .queues
@@ -873,14 +861,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    StorageErrorKind::NotFound
-                        | StorageErrorKind::PreconditionFailed
-                        | StorageErrorKind::InvalidInput
-                ) =>
-            {
+            Err(e) if control::message_gone(&e) => {
                 tracing::warn!(message_id = %t.id, "MessageGone");
                 Ok(())
             }
