@@ -486,11 +486,17 @@ pub async fn process_kills(
         procs.push(Some(WorkerProcess::spawn(worker_bin, env, hub.hub.as_str(), id, &dir)?));
     }
     let planned = workload::plan("kw", profile.kill_n);
-    workload::start_all(&hub.client(), &planned).await?;
+    // Start the workload in waves, one before each kill, so every kill lands while work is in
+    // flight (started all at once, it can finish before the first kill).
+    let wave = planned.len().div_ceil(profile.kills + 1).max(1);
+    let mut waves = planned.chunks(wave);
     let mut rng = StdRng::seed_from_u64(seed);
     for _ in 0..profile.kills {
+        if let Some(w) = waves.next() {
+            workload::start_all(&hub.client(), w).await?;
+        }
         let gap = rng.gen_range(profile.kill_gap.0..=profile.kill_gap.1);
-        tokio::time::sleep(Duration::from_secs(gap)).await;
+        tokio::time::sleep(Duration::from_millis(gap * 1000 / 2)).await;
         let slot = rng.gen_range(0..procs.len());
         if let Some(p) = procs[slot].take() {
             p.kill()?;
@@ -499,6 +505,9 @@ pub async fn process_kills(
         tokio::time::sleep(Duration::from_secs(1)).await;
         procs[slot] =
             Some(WorkerProcess::spawn(worker_bin, env, hub.hub.as_str(), &ids[slot], &dir)?);
+    }
+    for w in waves {
+        workload::start_all(&hub.client(), w).await?;
     }
     hub.finish(&mut report, &planned, profile.timeout).await?;
     for p in procs.iter_mut().flatten() {
