@@ -61,6 +61,10 @@ pub struct AzureStorageSettings {
     pub max_message_bytes: usize,
     /// Timeout of each storage call (not a DTF setting; default 30 s).
     pub storage_operation_timeout: Duration,
+    /// Deadline of each partition-table (or lease-blob) call of the partition manager; a slower
+    /// call counts as failed (DTF `PartitionTableOperationTimeout`, default 2 s). Raise it for a
+    /// slow emulator: a renewal that keeps timing out gives the partition up.
+    pub partition_table_operation_timeout: Duration,
     /// Skip the ExecutionStarted de-duplication of 3.12 (default false).
     pub disable_execution_started_deduplication: bool,
     /// Process messages sent to completed/failed/terminated instances (default false).
@@ -104,6 +108,7 @@ impl AzureStorageSettings {
             max_table_property_bytes: 60 * 1024,
             max_message_bytes: 32 * 1024 * 1024,
             storage_operation_timeout: Duration::from_secs(30),
+            partition_table_operation_timeout: Duration::from_secs(2),
             disable_execution_started_deduplication: false,
             allow_replaying_terminal_instances: false,
             use_instance_table_etag: true,
@@ -196,6 +201,9 @@ impl AzureStorageSettings {
                 format!("must be 1 KiB-64 KiB, got {}", self.max_table_property_bytes),
             );
         }
+        if self.partition_table_operation_timeout < Duration::from_millis(100) {
+            return bad("partition_table_operation_timeout", "must be at least 100 ms".into());
+        }
         if self.storage_operation_timeout < Duration::from_millis(100) {
             return bad("storage_operation_timeout", "must be at least 100 ms".into());
         }
@@ -227,6 +235,8 @@ mod tests {
         assert_eq!(s.max_queue_polling_interval, Duration::from_secs(30));
         assert_eq!(s.max_queue_payload_bytes, 45 * 1024);
         assert_eq!(s.max_table_property_bytes, 60 * 1024);
+        assert_eq!(s.max_message_bytes, 32 * 1024 * 1024);
+        assert_eq!(s.partition_table_operation_timeout, Duration::from_secs(2));
         assert_eq!(s.partition_manager, PartitionManagerKind::Table);
     }
 
@@ -240,6 +250,11 @@ mod tests {
             (|s| s.lease_renew_interval = Duration::from_secs(30), "lease_renew_interval"),
             (|s| s.max_queue_payload_bytes = 64 * 1024, "max_queue_payload_bytes"),
             (|s| s.worker_id = " ".into(), "worker_id"),
+            (|s| s.max_message_bytes = 1024, "max_message_bytes"),
+            (
+                |s| s.partition_table_operation_timeout = Duration::from_millis(10),
+                "partition_table_operation_timeout",
+            ),
             (
                 |s| {
                     s.partition_manager = PartitionManagerKind::SafeBlob;

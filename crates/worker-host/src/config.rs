@@ -109,6 +109,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "DTF_LEASE_INTERVAL_SECS",
     "DTF_LEASE_RENEW_INTERVAL_SECS",
     "DTF_LEASE_ACQUIRE_INTERVAL_SECS",
+    "DTF_PARTITION_TABLE_OPERATION_TIMEOUT_MS",
 ];
 
 /// The task hub used when `DTF_TASK_HUB` is not set (DTF's default is "Default").
@@ -201,6 +202,10 @@ impl HostSettings {
         if let Some(v) = get("DTF_MAX_QUEUE_POLLING_INTERVAL_MS") {
             p.max_queue_polling_interval =
                 Duration::from_millis(parse_num("DTF_MAX_QUEUE_POLLING_INTERVAL_MS", v)?);
+        }
+        if let Some(v) = get("DTF_PARTITION_TABLE_OPERATION_TIMEOUT_MS") {
+            p.partition_table_operation_timeout =
+                Duration::from_millis(parse_num("DTF_PARTITION_TABLE_OPERATION_TIMEOUT_MS", v)?);
         }
         for (name, field) in [
             ("DTF_LEASE_INTERVAL_SECS", &mut p.lease_interval),

@@ -175,6 +175,7 @@ impl AzureStorageOrchestrationService {
         pm.lease_interval = settings.lease_interval;
         pm.lease_renew_interval = settings.lease_renew_interval;
         pm.lease_acquire_interval = settings.lease_acquire_interval;
+        pm.operation_timeout = settings.partition_table_operation_timeout;
         if pm.fence_margin >= settings.lease_interval / 2 {
             pm.fence_margin = settings.lease_interval / 4;
         }
