@@ -90,6 +90,7 @@ fn storage(account: &StorageAccount) -> AzureStorage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_use_the_dotnet_column_layout() {
     let Some(acct) = account("tables_use_the_dotnet_column_layout") else { return };
+    crate::capture::install();
     let svc = provider(&acct, test_settings("schema", 4));
     let names = svc.resource_names().clone();
     let r = Running::start(svc).await;
@@ -150,6 +151,25 @@ async fn tables_use_the_dotnet_column_layout() {
     let counts = r.svc.storage_counters();
     assert!(counts.get(StorageOp::TableBatch) >= 2, "{:?}", counts.non_zero());
     assert!(counts.get(StorageOp::QueuePut) >= 3, "{:?}", counts.non_zero());
+    // Structured events carry the DTF names, with the instance, inside per-work-item spans.
+    for name in ["SendingMessage", "ReceivedMessage", "InstanceStatusUpdate", "CheckpointCompleted"]
+    {
+        let events = crate::capture::named(name);
+        assert!(
+            events.iter().any(|e| e.fields.get("instance_id").map(String::as_str) == Some(id)),
+            "no {name} event for {id}: {events:?}"
+        );
+    }
+    let checkpoints = crate::capture::named("CheckpointCompleted");
+    assert!(
+        checkpoints.iter().all(|e| e.spans.iter().any(|s| s == "orchestration_work_item")),
+        "{checkpoints:?}"
+    );
+    assert!(
+        crate::capture::named("TaskActivityStarting")
+            .iter()
+            .any(|e| e.spans.iter().any(|s| s == "activity_work_item"))
+    );
     r.stop().await;
 }
 
@@ -370,6 +390,7 @@ impl TableStore for GatedTables {
 async fn two_workers_racing_one_work_item_exactly_one_commits() {
     use durabletask_core::{RuntimeOptions, WorkItemResult};
     let Some(acct) = account("two_workers_racing_one_work_item") else { return };
+    crate::capture::install();
     let mut settings = test_settings("race", 1);
     settings.control_queue_visibility_timeout = Duration::from_secs(2);
     let az = Arc::new(storage(&acct));
@@ -458,6 +479,11 @@ async fn two_workers_racing_one_work_item_exactly_one_commits() {
         "{err}"
     );
     a.release_orchestration_work_item(&wa).await.unwrap();
+    let split = crate::capture::named("SplitBrainDetected");
+    assert!(
+        split.iter().any(|e| e.fields.get("instance_id").map(String::as_str) == Some("race-1")),
+        "the losing worker logs SplitBrainDetected: {split:?}"
+    );
     let history = b.get_history("race-1", None).await.unwrap();
     let starts =
         history.iter().filter(|e| matches!(e.kind, EventKind::ExecutionStarted(_))).count();
