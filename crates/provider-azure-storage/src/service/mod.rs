@@ -18,8 +18,8 @@ use crate::naming::ResourceNames;
 use crate::partition_store::lease_stores;
 use crate::settings::{AzureStorageSettings, PartitionManagerKind};
 use crate::storage::{
-    AzureStorage, BlobStore, QueueStore, StorageAccount, StorageCounters, StorageError,
-    StorageErrorKind, StorageOpCounts, TableStore,
+    AzureStorage, BlobStore, QueueStore, RetryPolicy, RetryingStorage, StorageAccount,
+    StorageCounters, StorageError, StorageErrorKind, StorageOpCounts, TableStore,
 };
 use durabletask_core::{Clock, ProviderError, ProviderErrorKind, SystemClock};
 use durabletask_partition_manager::{ManagerKind, PartitionManager, PartitionManagerSettings};
@@ -179,6 +179,19 @@ impl AzureStorageOrchestrationService {
         if pm.fence_margin >= settings.lease_interval / 2 {
             pm.fence_margin = settings.lease_interval / 4;
         }
+        // Calls that are safe to repeat are retried on transient failures (see `RetryingStorage`).
+        let retrying = Arc::new(RetryingStorage::new(
+            storage.queues.clone(),
+            storage.tables.clone(),
+            storage.blobs.clone(),
+            RetryPolicy::default(),
+        ));
+        let storage = StorageStack {
+            queues: retrying.clone(),
+            tables: retrying.clone(),
+            blobs: retrying,
+            ..storage
+        };
         let stores = lease_stores(storage.tables.clone(), storage.blobs.clone(), &names);
         let partitions = durabletask_partition_manager::create(
             kind,

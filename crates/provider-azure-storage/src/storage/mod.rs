@@ -10,11 +10,13 @@ mod azure;
 mod counters;
 mod entity;
 pub mod fault;
+mod retry;
 
 pub use account::StorageAccount;
 pub use azure::AzureStorage;
 pub use counters::{StorageCounters, StorageOp, StorageOpCounts};
 pub use entity::{EdmValue, TableEntity};
+pub use retry::{RetryPolicy, RetryingStorage};
 
 use async_trait::async_trait;
 use std::fmt;

@@ -1,0 +1,454 @@
+//! [`RetryingStorage`]: retries the storage calls that are safe to repeat.
+//!
+//! SDK-level retries are off (a conditional write that timed out may have committed, and only
+//! the caller can tell what a repeat means). This decorator retries exactly the calls whose
+//! repetition is harmless, on `Transient` and `Throttled` failures, with jittered exponential
+//! back-off:
+//!
+//! * reads: get messages, point reads, query pages, blob downloads and listings, counts;
+//! * idempotent writes: create/delete of queues, tables and containers, unconditional upserts and
+//!   deletes, blob uploads without a lease, blob deletes;
+//! * queue puts (a repeat is a duplicate message, which every consumer tolerates) and message
+//!   deletes (a repeat after a delete that committed finds the message gone: reported as done).
+//!
+//! Never retried: ETag-conditional writes and batches containing one (a repeat after an
+//! ambiguous commit would report a false conflict; the checkpoint aborts and replays instead),
+//! message visibility updates (the first attempt may have changed the pop receipt) and lease
+//! operations (the partition manager owns their semantics).
+
+use super::{
+    BatchOp, BlobStore, EntityPage, QueueStore, ReceivedMessage, StorageErrorKind, StorageResult,
+    TableContinuation, TableEntity, TableStore, WriteMode,
+};
+use async_trait::async_trait;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often and how patiently safe calls are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub attempts: u32,
+    /// Delay before the first retry; doubles per retry, with ±50 % jitter.
+    pub base_delay: Duration,
+    /// Cap on one delay.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 4,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn delay(&self, retry: u32) -> Duration {
+        let exp = self.base_delay.saturating_mul(1u32 << retry.min(16)).min(self.max_delay);
+        exp.mul_f64(rand::random::<f64>() + 0.5).min(self.max_delay)
+    }
+}
+
+/// Retrying decorator over the three storage traits.
+#[derive(Debug, Clone)]
+pub struct RetryingStorage {
+    queues: Arc<dyn QueueStore>,
+    tables: Arc<dyn TableStore>,
+    blobs: Arc<dyn BlobStore>,
+    policy: RetryPolicy,
+}
+
+impl RetryingStorage {
+    /// Wraps the given stores.
+    pub fn new(
+        queues: Arc<dyn QueueStore>,
+        tables: Arc<dyn TableStore>,
+        blobs: Arc<dyn BlobStore>,
+        policy: RetryPolicy,
+    ) -> Self {
+        Self { queues, tables, blobs, policy }
+    }
+
+    async fn retry<T, F, Fut>(&self, what: &'static str, mut call: F) -> StorageResult<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = StorageResult<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match call(attempt).await {
+                Err(e) if e.is_retryable() && attempt + 1 < self.policy.attempts => {
+                    let delay = self.policy.delay(attempt);
+                    tracing::debug!(operation = what, attempt, error = %e, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "retrying storage call");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn unconditional(mode: &WriteMode) -> bool {
+    matches!(mode, WriteMode::Upsert | WriteMode::UpsertMerge | WriteMode::Delete(None))
+}
+
+#[async_trait]
+impl QueueStore for RetryingStorage {
+    async fn create_queue_if_not_exists(&self, queue: &str) -> StorageResult<()> {
+        self.retry("create queue", |_| self.queues.create_queue_if_not_exists(queue)).await
+    }
+    async fn delete_queue_if_exists(&self, queue: &str) -> StorageResult<()> {
+        self.retry("delete queue", |_| self.queues.delete_queue_if_exists(queue)).await
+    }
+    async fn put_message(&self, queue: &str, text: &str, vis: Duration) -> StorageResult<()> {
+        self.retry("put message", |_| self.queues.put_message(queue, text, vis)).await
+    }
+    async fn get_messages(
+        &self,
+        queue: &str,
+        max: u8,
+        visibility: Duration,
+    ) -> StorageResult<Vec<ReceivedMessage>> {
+        self.retry("get messages", |_| self.queues.get_messages(queue, max, visibility)).await
+    }
+    async fn delete_message(&self, queue: &str, id: &str, pop_receipt: &str) -> StorageResult<()> {
+        self.retry("delete message", |attempt| async move {
+            match self.queues.delete_message(queue, id, pop_receipt).await {
+                // A repeat that finds the message gone: the earlier attempt deleted it.
+                Err(e)
+                    if attempt > 0
+                        && matches!(
+                            e.kind(),
+                            StorageErrorKind::NotFound
+                                | StorageErrorKind::PreconditionFailed
+                                | StorageErrorKind::InvalidInput
+                        ) =>
+                {
+                    Ok(())
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+    async fn update_message(
+        &self,
+        queue: &str,
+        id: &str,
+        pop_receipt: &str,
+        text: &str,
+        visibility: Duration,
+    ) -> StorageResult<String> {
+        self.queues.update_message(queue, id, pop_receipt, text, visibility).await
+    }
+    async fn approximate_message_count(&self, queue: &str) -> StorageResult<u64> {
+        self.retry("count messages", |_| self.queues.approximate_message_count(queue)).await
+    }
+}
+
+#[async_trait]
+impl TableStore for RetryingStorage {
+    async fn create_table_if_not_exists(&self, table: &str) -> StorageResult<()> {
+        self.retry("create table", |_| self.tables.create_table_if_not_exists(table)).await
+    }
+    async fn delete_table_if_exists(&self, table: &str) -> StorageResult<()> {
+        self.retry("delete table", |_| self.tables.delete_table_if_exists(table)).await
+    }
+    async fn get_entity(
+        &self,
+        table: &str,
+        partition_key: &str,
+        row_key: &str,
+    ) -> StorageResult<Option<TableEntity>> {
+        self.retry("get entity", |_| self.tables.get_entity(table, partition_key, row_key)).await
+    }
+    async fn query(
+        &self,
+        table: &str,
+        filter: Option<&str>,
+        select: Option<&[&str]>,
+        top: Option<u32>,
+        continuation: Option<TableContinuation>,
+    ) -> StorageResult<EntityPage> {
+        self.retry("query", |_| self.tables.query(table, filter, select, top, continuation.clone()))
+            .await
+    }
+    async fn write(&self, table: &str, op: BatchOp) -> StorageResult<Option<String>> {
+        if unconditional(&op.mode) {
+            self.retry("write entity", |_| self.tables.write(table, op.clone())).await
+        } else {
+            self.tables.write(table, op).await
+        }
+    }
+    async fn batch(&self, table: &str, ops: Vec<BatchOp>) -> StorageResult<Vec<Option<String>>> {
+        if ops.iter().all(|o| unconditional(&o.mode)) {
+            self.retry("batch", |_| self.tables.batch(table, ops.clone())).await
+        } else {
+            self.tables.batch(table, ops).await
+        }
+    }
+}
+
+#[async_trait]
+impl BlobStore for RetryingStorage {
+    async fn create_container_if_not_exists(&self, container: &str) -> StorageResult<()> {
+        self.retry("create container", |_| self.blobs.create_container_if_not_exists(container))
+            .await
+    }
+    async fn delete_container_if_exists(&self, container: &str) -> StorageResult<()> {
+        self.retry("delete container", |_| self.blobs.delete_container_if_exists(container)).await
+    }
+    async fn put_blob(
+        &self,
+        container: &str,
+        name: &str,
+        data: Vec<u8>,
+        lease_id: Option<&str>,
+    ) -> StorageResult<()> {
+        if lease_id.is_some() {
+            return self.blobs.put_blob(container, name, data, lease_id).await;
+        }
+        self.retry("put blob", |_| self.blobs.put_blob(container, name, data.clone(), None)).await
+    }
+    async fn get_blob(&self, container: &str, name: &str) -> StorageResult<Option<Vec<u8>>> {
+        self.retry("get blob", |_| self.blobs.get_blob(container, name)).await
+    }
+    async fn delete_blob_if_exists(&self, container: &str, name: &str) -> StorageResult<()> {
+        self.retry("delete blob", |_| self.blobs.delete_blob_if_exists(container, name)).await
+    }
+    async fn list_blobs(&self, container: &str, prefix: &str) -> StorageResult<Vec<String>> {
+        self.retry("list blobs", |_| self.blobs.list_blobs(container, prefix)).await
+    }
+    async fn acquire_lease(
+        &self,
+        container: &str,
+        name: &str,
+        duration: Duration,
+        proposed_lease_id: &str,
+    ) -> StorageResult<()> {
+        self.blobs.acquire_lease(container, name, duration, proposed_lease_id).await
+    }
+    async fn renew_lease(&self, container: &str, name: &str, lease_id: &str) -> StorageResult<()> {
+        self.blobs.renew_lease(container, name, lease_id).await
+    }
+    async fn release_lease(
+        &self,
+        container: &str,
+        name: &str,
+        lease_id: &str,
+    ) -> StorageResult<()> {
+        self.blobs.release_lease(container, name, lease_id).await
+    }
+    async fn change_lease(
+        &self,
+        container: &str,
+        name: &str,
+        lease_id: &str,
+        proposed_lease_id: &str,
+    ) -> StorageResult<()> {
+        self.blobs.change_lease(container, name, lease_id, proposed_lease_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::StorageError;
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A queue store whose calls fail `fail_first` times with `kind`, then succeed.
+    #[derive(Debug)]
+    struct Flaky {
+        calls: AtomicU32,
+        fail_first: u32,
+        kind: StorageErrorKind,
+        log: Mutex<Vec<&'static str>>,
+    }
+
+    impl Flaky {
+        fn outcome(&self, op: &'static str) -> StorageResult<()> {
+            self.log.lock().unwrap().push(op);
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if n < self.fail_first {
+                Err(StorageError::new(self.kind, op, "injected"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[async_trait]
+    impl QueueStore for Flaky {
+        async fn create_queue_if_not_exists(&self, _: &str) -> StorageResult<()> {
+            self.outcome("create")
+        }
+        async fn delete_queue_if_exists(&self, _: &str) -> StorageResult<()> {
+            self.outcome("delete queue")
+        }
+        async fn put_message(&self, _: &str, _: &str, _: Duration) -> StorageResult<()> {
+            self.outcome("put")
+        }
+        async fn get_messages(
+            &self,
+            _: &str,
+            _: u8,
+            _: Duration,
+        ) -> StorageResult<Vec<ReceivedMessage>> {
+            self.outcome("get").map(|()| Vec::new())
+        }
+        async fn delete_message(&self, _: &str, _: &str, _: &str) -> StorageResult<()> {
+            // First attempt: "committed but timed out"; the repeat finds the message gone.
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            self.log.lock().unwrap().push("delete");
+            if n == 0 {
+                Err(StorageError::new(StorageErrorKind::Transient, "delete", "timeout"))
+            } else {
+                Err(StorageError::new(StorageErrorKind::NotFound, "delete", "gone"))
+            }
+        }
+        async fn update_message(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: Duration,
+        ) -> StorageResult<String> {
+            self.outcome("update").map(|()| "r".into())
+        }
+        async fn approximate_message_count(&self, _: &str) -> StorageResult<u64> {
+            self.outcome("count").map(|()| 0)
+        }
+    }
+
+    fn wrap(flaky: Arc<Flaky>) -> RetryingStorage {
+        let unused: Arc<dyn TableStore> = Arc::new(NoTables);
+        let unused_b: Arc<dyn BlobStore> = Arc::new(NoBlobs);
+        RetryingStorage::new(
+            flaky,
+            unused,
+            unused_b,
+            RetryPolicy {
+                attempts: 4,
+                base_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(2),
+            },
+        )
+    }
+
+    fn flaky(fail_first: u32, kind: StorageErrorKind) -> Arc<Flaky> {
+        Arc::new(Flaky { calls: AtomicU32::new(0), fail_first, kind, log: Mutex::new(Vec::new()) })
+    }
+
+    #[tokio::test]
+    async fn transient_failures_of_safe_calls_are_retried() {
+        let f = flaky(3, StorageErrorKind::Transient);
+        wrap(f.clone()).put_message("q", "m", Duration::ZERO).await.expect("fourth attempt");
+        assert_eq!(f.calls.load(Ordering::SeqCst), 4);
+        let f = flaky(4, StorageErrorKind::Throttled);
+        let err = wrap(f.clone()).get_messages("q", 1, Duration::ZERO).await.unwrap_err();
+        assert_eq!(err.kind(), StorageErrorKind::Throttled, "gives up after the last attempt");
+        assert_eq!(f.calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn non_retryable_failures_and_unsafe_calls_are_not_retried() {
+        let f = flaky(1, StorageErrorKind::Conflict);
+        assert!(wrap(f.clone()).put_message("q", "m", Duration::ZERO).await.is_err());
+        assert_eq!(f.calls.load(Ordering::SeqCst), 1);
+        let f = flaky(1, StorageErrorKind::Transient);
+        assert!(wrap(f.clone()).update_message("q", "i", "p", "t", Duration::ZERO).await.is_err());
+        assert_eq!(f.calls.load(Ordering::SeqCst), 1, "visibility updates are never repeated");
+    }
+
+    #[tokio::test]
+    async fn a_repeated_delete_that_finds_the_message_gone_succeeds() {
+        let f = flaky(0, StorageErrorKind::Transient);
+        wrap(f.clone()).delete_message("q", "i", "p").await.expect("deleted by the first attempt");
+        assert_eq!(*f.log.lock().unwrap(), ["delete", "delete"]);
+    }
+
+    #[derive(Debug)]
+    struct NoTables;
+    #[async_trait]
+    impl TableStore for NoTables {
+        async fn create_table_if_not_exists(&self, _: &str) -> StorageResult<()> {
+            unreachable!()
+        }
+        async fn delete_table_if_exists(&self, _: &str) -> StorageResult<()> {
+            unreachable!()
+        }
+        async fn get_entity(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+        ) -> StorageResult<Option<TableEntity>> {
+            unreachable!()
+        }
+        async fn query(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: Option<&[&str]>,
+            _: Option<u32>,
+            _: Option<TableContinuation>,
+        ) -> StorageResult<EntityPage> {
+            unreachable!()
+        }
+        async fn write(&self, _: &str, _: BatchOp) -> StorageResult<Option<String>> {
+            unreachable!()
+        }
+        async fn batch(&self, _: &str, _: Vec<BatchOp>) -> StorageResult<Vec<Option<String>>> {
+            unreachable!()
+        }
+    }
+
+    #[derive(Debug)]
+    struct NoBlobs;
+    #[async_trait]
+    impl BlobStore for NoBlobs {
+        async fn create_container_if_not_exists(&self, _: &str) -> StorageResult<()> {
+            unreachable!()
+        }
+        async fn delete_container_if_exists(&self, _: &str) -> StorageResult<()> {
+            unreachable!()
+        }
+        async fn put_blob(
+            &self,
+            _: &str,
+            _: &str,
+            _: Vec<u8>,
+            _: Option<&str>,
+        ) -> StorageResult<()> {
+            unreachable!()
+        }
+        async fn get_blob(&self, _: &str, _: &str) -> StorageResult<Option<Vec<u8>>> {
+            unreachable!()
+        }
+        async fn delete_blob_if_exists(&self, _: &str, _: &str) -> StorageResult<()> {
+            unreachable!()
+        }
+        async fn list_blobs(&self, _: &str, _: &str) -> StorageResult<Vec<String>> {
+            unreachable!()
+        }
+        async fn acquire_lease(&self, _: &str, _: &str, _: Duration, _: &str) -> StorageResult<()> {
+            unreachable!()
+        }
+        async fn renew_lease(&self, _: &str, _: &str, _: &str) -> StorageResult<()> {
+            unreachable!()
+        }
+        async fn release_lease(&self, _: &str, _: &str, _: &str) -> StorageResult<()> {
+            unreachable!()
+        }
+        async fn change_lease(&self, _: &str, _: &str, _: &str, _: &str) -> StorageResult<()> {
+            unreachable!()
+        }
+    }
+}
