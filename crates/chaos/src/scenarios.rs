@@ -1107,26 +1107,48 @@ pub async fn run_all(
     worker_bin: &Path,
     profile: &Profile,
     seed: u64,
+    only: Option<&str>,
     mut each: impl FnMut(&ScenarioReport),
 ) -> Result<Vec<ScenarioReport>> {
     let mut out = Vec::new();
+    let wanted = |name: &str| only.is_none_or(|o| name.starts_with(o));
     let mut push = |r: ScenarioReport| {
         each(&r);
         out.push(r);
     };
     for point in CRASH_POINTS {
-        push(crash_point(env, point, profile.crash_n).await?);
+        if wanted("crash") {
+            push(crash_point(env, point, profile.crash_n).await?);
+        }
     }
-    push(process_kills(env, worker_bin, profile, seed).await?);
-    push(stalled_worker(env, worker_bin, profile, seed).await?);
-    push(storage_faults(env, profile, seed, true).await?);
-    push(blob_outage(env).await?);
-    push(reorder_and_redeliver(env, profile, seed).await?);
-    push(poison_messages(env, profile).await?);
-    push(bad_input(env).await?);
-    push(oversized_input(env, 10).await?);
+    if wanted("kill-workers") {
+        push(process_kills(env, worker_bin, profile, seed).await?);
+    }
+    if wanted("stall-sigstop") {
+        push(stalled_worker(env, worker_bin, profile, seed).await?);
+    }
+    if wanted("storage-faults") {
+        push(storage_faults(env, profile, seed, true).await?);
+    }
+    if wanted("blob-outage") {
+        push(blob_outage(env).await?);
+    }
+    if wanted("reorder") {
+        push(reorder_and_redeliver(env, profile, seed).await?);
+    }
+    if wanted("poison-messages") {
+        push(poison_messages(env, profile).await?);
+    }
+    if wanted("bad-input") {
+        push(bad_input(env).await?);
+    }
+    if wanted("oversized-input") {
+        push(oversized_input(env, 10).await?);
+    }
     for jump in profile.clock_jumps {
-        push(clock_jump(env, profile.clock_n, *jump).await?);
+        if wanted("clock-jump") {
+            push(clock_jump(env, profile.clock_n, *jump).await?);
+        }
     }
     Ok(out)
 }

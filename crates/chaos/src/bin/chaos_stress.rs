@@ -36,7 +36,9 @@ async fn main() -> ExitCode {
         }
     };
     println!("chaos_stress: profile={} seed={seed}", profile.name);
-    let result = scenarios::run_all(&env, &bin, &profile, seed, |r| {
+    // `--only=NAME` runs the scenarios whose name starts with NAME (e.g. `--only=storage-faults`).
+    let only = args.iter().find_map(|a| a.strip_prefix("--only="));
+    let result = scenarios::run_all(&env, &bin, &profile, seed, only, |r| {
         println!("{r}");
         if !r.passed() {
             eprintln!("{}", r.explain());
