@@ -405,6 +405,8 @@ fn not_due(message: &TaskMessage, now: OffsetDateTime) -> Option<Duration> {
         .then(|| Duration::try_from(wait).unwrap_or(MAX_VISIBILITY).min(MAX_VISIBILITY))
 }
 
+/// The poller's randomized exponential back-off (DTF `BackoffPollingHelper`), reset by a hit or
+/// a local send.
 struct Backoff {
     misses: u32,
     max: Duration,
@@ -412,15 +414,9 @@ struct Backoff {
 
 impl Backoff {
     fn next(&mut self) -> Duration {
-        const MIN_MS: f64 = 50.0;
+        let d = super::worker::backoff_delay(self.misses, self.max);
         self.misses = self.misses.saturating_add(1);
-        if self.misses == 1 {
-            return Duration::from_millis(50);
-        }
-        let factor: f64 = rand::random::<f64>().mul_add(0.4, 0.8);
-        let exp = 2f64.powi(i32::try_from(self.misses.min(20) - 1).unwrap_or(20));
-        let ms = MIN_MS + factor * exp * MIN_MS;
-        Duration::from_secs_f64(ms / 1000.0).min(self.max)
+        d
     }
 }
 
