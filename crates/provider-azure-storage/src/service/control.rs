@@ -636,6 +636,23 @@ fn response_target(m: &TaskMessage) -> Option<(i32, bool)> {
     }
 }
 
+/// Whether `events` hold the scheduling event (`TaskScheduled`, `SubOrchestrationInstanceCreated`
+/// or, for timers, `TimerCreated`) with id `target`.
+fn scheduled_in(events: &[HistoryEvent], target: i32, is_timer: bool) -> bool {
+    events.iter().any(|e| {
+        e.event_id == target
+            && if is_timer {
+                matches!(e.kind, EventKind::TimerCreated { .. })
+            } else {
+                matches!(
+                    e.kind,
+                    EventKind::TaskScheduled { .. }
+                        | EventKind::SubOrchestrationInstanceCreated { .. }
+                )
+            }
+    })
+}
+
 fn history_status(events: &[HistoryEvent]) -> Option<(OrchestrationStatus, Option<String>)> {
     events.iter().rev().find_map(|e| match &e.kind {
         EventKind::ExecutionCompleted { orchestration_status, result, failure_details } => Some((
@@ -759,6 +776,29 @@ async fn build(
         instance_etag = row.as_ref().and_then(|r| r.etag.clone());
     }
 
+    // A cached history can be stale (the partition moved away and back while another worker
+    // ran the instance). A response whose scheduling event is missing from it is then not out of
+    // order at all: read storage before deciding, or the response would be deferred forever.
+    if cache_hit
+        && batch
+            .iter()
+            .filter_map(|m| response_target(&m.message))
+            .any(|(target, is_timer)| !scheduled_in(&history.events, target, is_timer))
+    {
+        match tracking::read_history(inner, instance_id).await {
+            Ok(h) => history = h,
+            Err(e) => return Err(fail(e, batch)),
+        }
+        match tracking::read_instance(inner, instance_id, false).await {
+            Ok(r) => {
+                instance_etag = r.as_ref().and_then(|r| r.etag.clone());
+                row = r;
+                row_read = true;
+            }
+            Err(e) => return Err(fail(e, batch)),
+        }
+    }
+
     let now = inner.clock.now();
     let current_exec = history_execution(&history.events).map(str::to_owned);
     let mut keep: Vec<Buffered> = Vec::new();
@@ -829,18 +869,7 @@ async fn build(
             continue;
         }
         if let Some((target, is_timer)) = response_target(&m.message) {
-            let in_order = history.events.iter().any(|e| {
-                e.event_id == target
-                    && if is_timer {
-                        matches!(e.kind, EventKind::TimerCreated { .. })
-                    } else {
-                        matches!(
-                            e.kind,
-                            EventKind::TaskScheduled { .. }
-                                | EventKind::SubOrchestrationInstanceCreated { .. }
-                        )
-                    }
-            });
+            let in_order = scheduled_in(&history.events, target, is_timer);
             let zombie = history.events.is_empty() && m.dequeue_count > ZOMBIE_DEQUEUE_COUNT;
             let other_exec =
                 m.message.orchestration_instance.execution_id.as_deref().is_some_and(|e| {

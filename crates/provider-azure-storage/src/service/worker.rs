@@ -611,7 +611,9 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         // The owner keeps the history for the next episode; the sentinel ETag guards it.
         let terminal = cp.state.orchestration_status.is_terminal();
         let old_blobs = if new_execution { t.history_blobs.clone() } else { Vec::new() };
-        if terminal {
+        // Only the owner caches: a partition lost during this checkpoint must not leave an entry
+        // behind that would be stale when the partition comes back.
+        if terminal || !inner.partitions.is_owned(&t.queue) {
             inner.control.cache_invalidate(id);
         } else {
             let blobs = if new_execution { Vec::new() } else { t.history_blobs.clone() };
