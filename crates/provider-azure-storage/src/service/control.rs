@@ -261,17 +261,6 @@ fn spawn_prefetch(inner: &Arc<Inner>, instance_id: String, queue: String, batch:
     });
 }
 
-/// Whether a queue update or delete failed because our receipt is stale: the message was deleted,
-/// or redelivered to someone else (404 on Azure; 412, or 400 `PopReceiptMismatch` on Azurite).
-pub(crate) fn message_gone(e: &crate::storage::StorageError) -> bool {
-    matches!(
-        e.kind(),
-        StorageErrorKind::NotFound
-            | StorageErrorKind::PreconditionFailed
-            | StorageErrorKind::InvalidInput
-    )
-}
-
 /// Locks a std mutex, ignoring poisoning (the data is plain bookkeeping).
 pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -607,7 +596,7 @@ pub(crate) async fn delete_messages(inner: &Inner, messages: &[(String, String, 
     let deletes = messages.iter().map(|(queue, id, receipt)| async move {
         match inner.queues.delete_message(queue, id, receipt).await {
             Ok(()) => {}
-            Err(e) if message_gone(&e) => {
+            Err(e) if e.is_message_gone() => {
                 tracing::warn!(queue, message_id = %id, "MessageGone: already deleted or redelivered");
             }
             Err(e) => tracing::warn!(queue, message_id = %id, error = %e, "MessageFailure: delete failed"),

@@ -37,6 +37,22 @@ pub(crate) struct SessionToken {
 }
 
 impl SessionToken {
+    /// `LeaseLost` unless this work item is still held: not yet released, and its partition
+    /// still owned by this worker.
+    fn check_held(&self, inner: &Inner, op: &'static str) -> Result<(), ProviderError> {
+        if self.finished.load(Ordering::Acquire) {
+            return Err(perr(
+                ProviderErrorKind::LeaseLost,
+                op,
+                "the work item was already released",
+            ));
+        }
+        if !inner.partitions.is_owned(&self.queue) {
+            return Err(control::lease_lost(op, &self.queue));
+        }
+        Ok(())
+    }
+
     fn messages(&self) -> std::sync::MutexGuard<'_, Vec<Buffered>> {
         control::locked(&self.messages)
     }
@@ -362,16 +378,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         const OP: &str = "renew_orchestration_work_item_lock";
         let inner = &self.inner;
         let t = token(&work_item.token, OP)?;
-        if t.finished.load(Ordering::Acquire) {
-            return Err(perr(
-                ProviderErrorKind::LeaseLost,
-                OP,
-                "the work item was already released",
-            ));
-        }
-        if !inner.partitions.is_owned(&t.queue) {
-            return Err(control::lease_lost(OP, &t.queue));
-        }
+        t.check_held(inner, OP)?;
         let vis = inner.settings.control_queue_visibility_timeout;
         let messages = t.messages().clone();
         let mut renewed = Vec::with_capacity(messages.len());
@@ -380,15 +387,16 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                 .queues
                 .update_message(&m.queue, &m.id, &m.pop_receipt, &m.text, vis)
                 .await
-                .map_err(|e| match e.kind() {
-                    StorageErrorKind::NotFound
-                    | StorageErrorKind::PreconditionFailed
-                    | StorageErrorKind::InvalidInput => perr(
-                        ProviderErrorKind::LeaseLost,
-                        OP,
-                        format!("message {} is gone: {e}", m.id),
-                    ),
-                    _ => provider_error(OP, e),
+                .map_err(|e| {
+                    if e.is_message_gone() {
+                        perr(
+                            ProviderErrorKind::LeaseLost,
+                            OP,
+                            format!("message {} is gone: {e}", m.id),
+                        )
+                    } else {
+                        provider_error(OP, e)
+                    }
                 })?;
             tracing::debug!(instance_id = %work_item.instance_id, message_id = %m.id, "RenewingMessage");
             renewed.push(Buffered { pop_receipt: receipt, ..m });
@@ -406,16 +414,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         let inner = &self.inner;
         let t = token(&work_item.token, OP)?;
         let id = work_item.instance_id.as_str();
-        if t.finished.load(Ordering::Acquire) {
-            return Err(perr(
-                ProviderErrorKind::LeaseLost,
-                OP,
-                "the work item was already released",
-            ));
-        }
-        if !inner.partitions.is_owned(&t.queue) {
-            return Err(control::lease_lost(OP, &t.queue));
-        }
+        t.check_held(inner, OP)?;
         let refs: Vec<(String, String, String)> = t
             .messages()
             .iter()
@@ -767,11 +766,12 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             .queues
             .update_message(&inner.names.work_item_queue, &t.id, &receipt, &t.text, vis)
             .await
-            .map_err(|e| match e.kind() {
-                _ if control::message_gone(&e) => {
+            .map_err(|e| {
+                if e.is_message_gone() {
                     perr(ProviderErrorKind::LeaseLost, OP, e.to_string())
+                } else {
+                    provider_error(OP, e)
                 }
-                _ => provider_error(OP, e),
             })?;
         *control::locked(&t.pop_receipt) = new;
         let until = inner.clock.now() + vis;
@@ -833,7 +833,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         let receipt = control::locked(&t.pop_receipt).clone();
         match inner.queues.delete_message(&inner.names.work_item_queue, &t.id, &receipt).await {
             Ok(()) => Ok(()),
-            Err(e) if control::message_gone(&e) => {
+            Err(e) if e.is_message_gone() => {
                 tracing::warn!(message_id = %t.id, "MessageGone: activity message was redelivered before its delete");
                 Ok(())
             }
@@ -863,7 +863,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) if control::message_gone(&e) => {
+            Err(e) if e.is_message_gone() => {
                 tracing::warn!(message_id = %t.id, "MessageGone");
                 Ok(())
             }

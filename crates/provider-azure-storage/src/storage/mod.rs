@@ -93,6 +93,18 @@ impl StorageError {
         matches!(self.kind, StorageErrorKind::Throttled | StorageErrorKind::Transient)
     }
 
+    /// Whether a message delete or update failed because the pop receipt is stale: the message
+    /// was deleted, or redelivered to someone else (404 on Azure; 412, or 400
+    /// `PopReceiptMismatch` on Azurite).
+    pub fn is_message_gone(&self) -> bool {
+        matches!(
+            self.kind,
+            StorageErrorKind::NotFound
+                | StorageErrorKind::PreconditionFailed
+                | StorageErrorKind::InvalidInput
+        )
+    }
+
     /// Classifies an HTTP status the way Azure Storage uses it.
     pub fn kind_for_status(status: u16) -> StorageErrorKind {
         match status {

@@ -17,8 +17,8 @@
 //! operations (the partition manager owns their semantics).
 
 use super::{
-    BatchOp, BlobStore, EntityPage, QueueStore, ReceivedMessage, StorageErrorKind, StorageResult,
-    TableContinuation, TableEntity, TableStore, WriteMode,
+    BatchOp, BlobStore, EntityPage, QueueStore, ReceivedMessage, StorageResult, TableContinuation,
+    TableEntity, TableStore, WriteMode,
 };
 use async_trait::async_trait;
 use std::future::Future;
@@ -120,17 +120,7 @@ impl QueueStore for RetryingStorage {
         self.retry("delete message", |attempt| async move {
             match self.queues.delete_message(queue, id, pop_receipt).await {
                 // A repeat that finds the message gone: the earlier attempt deleted it.
-                Err(e)
-                    if attempt > 0
-                        && matches!(
-                            e.kind(),
-                            StorageErrorKind::NotFound
-                                | StorageErrorKind::PreconditionFailed
-                                | StorageErrorKind::InvalidInput
-                        ) =>
-                {
-                    Ok(())
-                }
+                Err(e) if attempt > 0 && e.is_message_gone() => Ok(()),
                 other => other,
             }
         })
@@ -257,7 +247,7 @@ impl BlobStore for RetryingStorage {
 
 #[cfg(test)]
 mod tests {
-    use super::super::StorageError;
+    use super::super::{StorageError, StorageErrorKind};
     use super::*;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
