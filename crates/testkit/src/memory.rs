@@ -391,6 +391,44 @@ impl InMemoryOrchestrationService {
         })
     }
 
+    /// Waits up to `timeout` for `try_lock` to hand out a work item: retries when `ready` is
+    /// notified or when the earliest not-yet-visible message becomes due.
+    async fn wait_for_work<T>(
+        &self,
+        ready: &tokio::sync::Notify,
+        timeout: Duration,
+        try_lock: impl Fn(&Self, &mut Hub, OffsetDateTime) -> Result<T, Option<OffsetDateTime>>,
+    ) -> Result<Option<T>, ProviderError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = {
+                let mut hub = self.hub();
+                if hub.stopped {
+                    return Ok(None);
+                }
+                match try_lock(self, &mut hub, self.now()) {
+                    Ok(wi) => return Ok(Some(wi)),
+                    Err(next) => next,
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            let mut wake_at = deadline;
+            if let Some(t) = next {
+                let d = Duration::try_from(t - self.now()).unwrap_or(Duration::ZERO);
+                wake_at = wake_at.min(tokio::time::Instant::now() + d + Duration::from_millis(1));
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
     fn lock_of<'a>(
         wi_token: &'a LockToken,
         op: &'static str,
@@ -436,34 +474,10 @@ impl OrchestrationService for InMemoryOrchestrationService {
         &self,
         timeout: Duration,
     ) -> Result<Option<OrchestrationWorkItem>, ProviderError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.shared.orchestration_ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let next = {
-                let mut hub = self.hub();
-                if hub.stopped {
-                    return Ok(None);
-                }
-                match self.try_lock_orchestration(&mut hub, self.now()) {
-                    Ok(wi) => return Ok(Some(wi)),
-                    Err(next) => next,
-                }
-            };
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            let mut wake_at = deadline;
-            if let Some(t) = next {
-                let d = Duration::try_from(t - self.now()).unwrap_or(Duration::ZERO);
-                wake_at = wake_at.min(tokio::time::Instant::now() + d + Duration::from_millis(1));
-            }
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep_until(wake_at) => {}
-            }
-        }
+        self.wait_for_work(&self.shared.orchestration_ready, timeout, |svc, hub, now| {
+            svc.try_lock_orchestration(hub, now)
+        })
+        .await
     }
 
     async fn renew_orchestration_work_item_lock(
@@ -646,34 +660,10 @@ impl OrchestrationService for InMemoryOrchestrationService {
         &self,
         timeout: Duration,
     ) -> Result<Option<ActivityWorkItem>, ProviderError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.shared.activity_ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let next = {
-                let mut hub = self.hub();
-                if hub.stopped {
-                    return Ok(None);
-                }
-                match self.try_lock_activity(&mut hub, self.now()) {
-                    Ok(wi) => return Ok(Some(wi)),
-                    Err(next) => next,
-                }
-            };
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            let mut wake_at = deadline;
-            if let Some(t) = next {
-                let d = Duration::try_from(t - self.now()).unwrap_or(Duration::ZERO);
-                wake_at = wake_at.min(tokio::time::Instant::now() + d + Duration::from_millis(1));
-            }
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep_until(wake_at) => {}
-            }
-        }
+        self.wait_for_work(&self.shared.activity_ready, timeout, |svc, hub, now| {
+            svc.try_lock_activity(hub, now)
+        })
+        .await
     }
 
     async fn renew_activity_work_item_lock(
