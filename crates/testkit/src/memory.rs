@@ -395,7 +395,7 @@ impl InMemoryOrchestrationService {
     /// notified or when the earliest not-yet-visible message becomes due.
     async fn wait_for_work<T>(
         &self,
-        ready: &tokio::sync::Notify,
+        ready: &Notify,
         timeout: Duration,
         try_lock: impl Fn(&Self, &mut Hub, OffsetDateTime) -> Result<T, Option<OffsetDateTime>>,
     ) -> Result<Option<T>, ProviderError> {
