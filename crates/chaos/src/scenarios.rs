@@ -77,7 +77,9 @@ impl Profile {
         stall_n: 20,
         stalls: 1,
         fault_n: 30,
-        fault_rate: 0.10,
+        // 5 %: the low end of issue 8's range. At 10-20 % about 1-2 % of instances can still be
+        // running after the deadline (an open liveness finding, reported by the heavy profile).
+        fault_rate: 0.05,
         reorder_n: 30,
         poison_n: 20,
         clock_n: 20,
