@@ -184,7 +184,30 @@ pub async fn audit(
         };
         if !state.orchestration_status.is_terminal() {
             a.stuck += 1;
-            a.problem(format!("{id}: stuck in {}", state.orchestration_status.as_str()));
+            // Enough to start a diagnosis: which execution the row names and where its history
+            // stopped (the next message it waits for is the one to look for in the queues).
+            let history = retry(|| svc.get_history(id, None)).await.unwrap_or_default();
+            let tail: Vec<String> = history
+                .iter()
+                .rev()
+                .take(6)
+                .rev()
+                .map(|e| format!("{}#{}", e.event_type(), e.event_id))
+                .collect();
+            let history_exec = history.iter().find_map(|e| match &e.kind {
+                durabletask_core::EventKind::ExecutionStarted(s) => {
+                    s.orchestration_instance.execution_id.clone()
+                }
+                _ => None,
+            });
+            a.problem(format!(
+                "{id}: stuck in {} (row execution {:?}, history execution {:?}, {} events, last {:?})",
+                state.orchestration_status.as_str(),
+                state.orchestration_instance.execution_id,
+                history_exec,
+                history.len(),
+                tail
+            ));
             continue;
         }
         let output: Option<String> =
