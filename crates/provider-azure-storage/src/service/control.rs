@@ -930,15 +930,24 @@ async fn build(
         } else if let Some((status, output)) = history_status(&history.events)
             && !inner.settings.allow_replaying_terminal_instances
         {
-            repair_row(inner, instance_id, &history.events, row.as_ref(), status, output, now)
-                .await;
-            tracing::warn!(
-                instance_id,
-                status = status.as_str(),
-                count = keep.len(),
-                "DiscardingWorkItem: instance is terminal"
-            );
-            discard.append(&mut keep);
+            if repair_row(inner, instance_id, &history.events, row.as_ref(), status, output, now)
+                .await
+            {
+                tracing::warn!(
+                    instance_id,
+                    status = status.as_str(),
+                    count = keep.len(),
+                    "DiscardingWorkItem: instance is terminal"
+                );
+                discard.append(&mut keep);
+            } else {
+                // The row still disagrees with history: keep the messages (they are what brings
+                // the instance back here) so the repair is retried, or the row stays stale.
+                for m in keep.drain(..) {
+                    let d = poison_backoff(m.dequeue_count).min(Duration::from_secs(10));
+                    defer.push((m, d));
+                }
+            }
         }
     }
 
@@ -1010,6 +1019,7 @@ async fn terminate_pending(
 
 /// History is the source of truth: when the Instances row disagrees with a terminal history of
 /// the same execution (a worker died between the two writes), rewrite the row from history.
+/// Returns whether the row now agrees with history (already did, or was repaired).
 async fn repair_row(
     inner: &Inner,
     instance_id: &str,
@@ -1018,24 +1028,27 @@ async fn repair_row(
     status: OrchestrationStatus,
     _output: Option<String>,
     now: OffsetDateTime,
-) {
+) -> bool {
     let exec = history_execution(events).map(str::to_owned);
     let row = match row {
         Some(r) => Some(r.clone()),
-        None => tracking::read_instance(inner, instance_id, false).await.ok().flatten(),
+        None => match tracking::read_instance(inner, instance_id, false).await {
+            Ok(r) => r,
+            Err(_) => return false,
+        },
     };
     let agrees = row.as_ref().is_some_and(|r| {
         r.state.orchestration_instance.execution_id != exec
             || r.state.orchestration_status == status
     });
     if agrees {
-        return;
+        return true;
     }
     let Ok(rt) = durabletask_core::OrchestrationRuntimeState::from_history(events.to_vec()) else {
-        return;
+        return true; // nothing sensible to write; do not hold messages for it
     };
     let custom = row.as_ref().and_then(|r| r.state.status.clone());
-    let Some(state) = rt.to_state(custom, now) else { return };
+    let Some(state) = rt.to_state(custom, now) else { return true };
     let result = async {
         let entity = tracking::instance_entity(inner, &state, true).await?;
         let mode = match row.and_then(|r| r.etag) {
@@ -1048,13 +1061,17 @@ async fn repair_row(
             .await
     };
     match result.await {
-        Ok(_) => tracing::warn!(
-            instance_id,
-            status = status.as_str(),
-            "InstanceStatusUpdate: Instances row repaired from history"
-        ),
+        Ok(_) => {
+            tracing::warn!(
+                instance_id,
+                status = status.as_str(),
+                "InstanceStatusUpdate: Instances row repaired from history"
+            );
+            true
+        }
         Err(e) => {
-            tracing::warn!(instance_id, error = %e, "GeneralWarning: Instances row repair failed")
+            tracing::warn!(instance_id, error = %e, "GeneralWarning: Instances row repair failed; will retry");
+            false
         }
     }
 }
