@@ -197,6 +197,22 @@ pub(crate) async fn send_with(
     Ok(())
 }
 
+/// A checkpoint write failed: forget the cached history (what storage holds is now unknown) and
+/// report the error; a 409/412 means another worker wrote first (`SplitBrainDetected`).
+fn abort_checkpoint(
+    inner: &Inner,
+    instance_id: &str,
+    op: &'static str,
+    conflict: &str,
+    e: crate::storage::StorageError,
+) -> ProviderError {
+    if matches!(e.kind(), StorageErrorKind::Conflict | StorageErrorKind::PreconditionFailed) {
+        tracing::warn!(instance_id, error = %e, "SplitBrainDetected: {conflict}; aborting this work item");
+    }
+    inner.control.cache_invalidate(instance_id);
+    provider_error(op, e)
+}
+
 fn delay_until(now: OffsetDateTime, at: OffsetDateTime) -> Duration {
     Duration::try_from(at - now).unwrap_or(Duration::ZERO)
 }
@@ -510,23 +526,9 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             )
             .await
         };
-        let sentinel = match sentinel {
-            Ok(e) => e,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    StorageErrorKind::Conflict | StorageErrorKind::PreconditionFailed
-                ) =>
-            {
-                tracing::warn!(instance_id = id, execution_id = %exec, error = %e, "SplitBrainDetected: history was written by another worker; aborting this work item");
-                inner.control.cache_invalidate(id);
-                return Err(provider_error(OP, e));
-            }
-            Err(e) => {
-                inner.control.cache_invalidate(id);
-                return Err(provider_error(OP, e));
-            }
-        };
+        let sentinel = sentinel.map_err(|e| {
+            abort_checkpoint(inner, id, OP, "history was written by another worker", e)
+        })?;
         if inner.crash(CrashPoint::AfterHistory, id) {
             t.crashed.store(true, Ordering::Release);
             inner.control.cache_invalidate(id);
@@ -568,27 +570,19 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             } else {
                 WriteMode::UpsertMerge
             };
-            let instance_etag = match inner
+            let instance_etag = inner
                 .tables
                 .write(&inner.names.instances_table, BatchOp { mode, entity })
                 .await
-            {
-                Ok(e) => e,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        StorageErrorKind::Conflict | StorageErrorKind::PreconditionFailed
-                    ) =>
-                {
-                    tracing::warn!(instance_id = id, error = %e, "SplitBrainDetected: Instances row changed under this work item; aborting");
-                    inner.control.cache_invalidate(id);
-                    return Err(provider_error(OP, e));
-                }
-                Err(e) => {
-                    inner.control.cache_invalidate(id);
-                    return Err(provider_error(OP, e));
-                }
-            };
+                .map_err(|e| {
+                    abort_checkpoint(
+                        inner,
+                        id,
+                        OP,
+                        "the Instances row changed under this work item",
+                        e,
+                    )
+                })?;
             tracing::debug!(
                 instance_id = id,
                 status = cp.state.orchestration_status.as_str(),
