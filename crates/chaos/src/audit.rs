@@ -3,7 +3,8 @@
 //! For every planned instance: it reached Completed with the expected output (I1), nothing is
 //! stuck, History and Instances agree on status and output (I4), the current execution has one
 //! `ExecutionStarted` and one `ExecutionCompleted`, every completion refers to a scheduled task
-//! (I3), and every scheduled activity appears in the ledger at least once (I8). Duplicate
+//! (I3), the row and the history are on the same execution, and every scheduled activity
+//! appears in the ledger at least once (I8). Duplicate
 //! executions (ledger count - 1) are counted and reported, not failed: activities are
 //! at-least-once (G2). After a purge, the large-message container must be empty (I6).
 
@@ -237,7 +238,19 @@ pub async fn audit(
                 _ => None,
             })
             .collect();
-        let mut consistent = starts == 1 && ends.len() == 1;
+        // The Instances row must name the execution the history holds (a recreation storm once
+        // left them on different executions).
+        let history_exec = history.iter().find_map(|e| match &e.kind {
+            EventKind::ExecutionStarted(s) => s.orchestration_instance.execution_id.clone(),
+            _ => None,
+        });
+        let same_execution = history_exec.as_deref() == Some(exec.as_str());
+        if !same_execution {
+            a.problem(format!(
+                "{id}: the Instances row names execution {exec:?}, the history {history_exec:?}"
+            ));
+        }
+        let mut consistent = starts == 1 && ends.len() == 1 && same_execution;
         if let Some((status, result)) = ends.first()
             && (*status != state.orchestration_status || *result != state.output)
         {
@@ -335,4 +348,128 @@ pub async fn purge_and_count_orphan_blobs(
 pub async fn queue_residue(svc: &AzureStorageOrchestrationService) -> Result<u64> {
     let info = retry(|| svc.hub_info()).await?;
     Ok(info.control_queues.iter().map(|(_, n)| n).sum::<u64>() + info.work_item_queue_length)
+}
+
+/// The large-message container against the rows that reference it (issue 12): `orphans` are in
+/// the container but referenced by no live row, `dangling` are referenced but missing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlobCheck {
+    /// Blobs in the container.
+    pub in_container: usize,
+    /// Distinct blobs referenced by live History and Instances rows.
+    pub referenced: usize,
+    /// In the container, referenced by nothing.
+    pub orphans: Vec<String>,
+    /// Referenced, not in the container.
+    pub dangling: Vec<String>,
+}
+
+impl BlobCheck {
+    /// True when the container holds exactly the referenced blobs.
+    pub fn exact(&self) -> bool {
+        self.orphans.is_empty() && self.dangling.is_empty()
+    }
+}
+
+impl std::fmt::Display for BlobCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} blobs, {} referenced, orphans {:?}, dangling {:?}",
+            self.in_container, self.referenced, self.orphans, self.dangling
+        )
+    }
+}
+
+async fn all_rows(
+    tables: &dyn durabletask_azure_storage::storage::TableStore,
+    table: &str,
+) -> Result<Vec<durabletask_azure_storage::storage::TableEntity>> {
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let page = retry(|| tables.query(table, None, None, None, token.clone())).await?;
+        out.extend(page.entities);
+        token = page.continuation;
+        if token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// Compares the hub's large-message container with the blobs live rows reference: the
+/// `*BlobName` columns of each instance's current-execution History rows (the execution the
+/// sentinel row names) and the `Input`, `Output` and `CustomStatus` URLs of Instances rows.
+///
+/// # Errors
+/// When storage reads keep failing.
+pub async fn blob_references(
+    svc: &AzureStorageOrchestrationService,
+    storage: &durabletask_azure_storage::storage::AzureStorage,
+    container_url: &str,
+) -> Result<BlobCheck> {
+    use durabletask_azure_storage::keys::SENTINEL_ROW_KEY;
+    let names = svc.resource_names();
+    let container = names.large_messages_container.clone();
+    let in_container: BTreeSet<String> =
+        retry(|| storage.list_blobs(&container, "")).await?.into_iter().collect();
+    let mut referenced = BTreeSet::new();
+    let history = all_rows(storage, &names.history_table).await?;
+    let mut current: BTreeMap<&str, &str> = BTreeMap::new();
+    for row in history.iter().filter(|r| r.row_key == SENTINEL_ROW_KEY) {
+        if let Some(exec) = row.get_str("ExecutionId") {
+            current.insert(row.partition_key.as_str(), exec);
+        }
+    }
+    for row in history.iter().filter(|r| r.row_key != SENTINEL_ROW_KEY) {
+        let live = match (current.get(row.partition_key.as_str()), row.get_str("ExecutionId")) {
+            (Some(cur), Some(exec)) => *cur == exec,
+            _ => true,
+        };
+        if !live {
+            continue;
+        }
+        for (k, v) in &row.properties {
+            if k.ends_with("BlobName")
+                && let Some(name) = v.as_str()
+                && !name.is_empty()
+            {
+                referenced.insert(name.to_owned());
+            }
+        }
+    }
+    let prefix = format!("{}/", container_url.trim_end_matches('/'));
+    for row in all_rows(storage, &names.instances_table).await? {
+        for col in ["Input", "Output", "CustomStatus"] {
+            if let Some(rest) = row.get_str(col).and_then(|v| v.strip_prefix(&prefix)) {
+                let name: Vec<String> = rest.split('/').map(percent_decode).collect();
+                referenced.insert(name.join("/"));
+            }
+        }
+    }
+    Ok(BlobCheck {
+        in_container: in_container.len(),
+        referenced: referenced.len(),
+        orphans: in_container.difference(&referenced).cloned().collect(),
+        dangling: referenced.difference(&in_container).cloned().collect(),
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = s.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

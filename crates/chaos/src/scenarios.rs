@@ -7,6 +7,7 @@ use crate::ledger::Ledger;
 use crate::logs;
 use crate::procs::WorkerProcess;
 use crate::setup::{ChaosEnv, Node, NodeSpec, chaos_settings, client_provider, fresh_hub};
+use crate::storm::StormSize;
 use crate::workload::{self, Planned};
 use crate::{ChaosError, Result};
 use durabletask_azure_storage::envelope::MessageData;
@@ -61,6 +62,8 @@ pub struct Profile {
     pub clock_n: usize,
     /// Clock jumps (seconds, signed) applied to one worker, one case each.
     pub clock_jumps: &'static [i64],
+    /// The start storm (issue 12).
+    pub storm: StormSize,
     /// Longest wait for a scenario's instances.
     pub timeout: Duration,
 }
@@ -84,6 +87,18 @@ impl Profile {
         poison_n: 20,
         clock_n: 20,
         clock_jumps: &[45],
+        storm: StormSize {
+            normal: 40,
+            dup_ids: 6,
+            dup_starts: 8,
+            recreate_ids: 3,
+            recreate_tasks: 3,
+            recreate_rounds: 3,
+            loops: 3,
+            loop_generations: 4,
+            targets: 4,
+            missing: 6,
+        },
         timeout: Duration::from_secs(200),
     };
 
@@ -103,6 +118,18 @@ impl Profile {
         poison_n: 50,
         clock_n: 100,
         clock_jumps: &[90, -90],
+        storm: StormSize {
+            normal: 200,
+            dup_ids: 20,
+            dup_starts: 16,
+            recreate_ids: 8,
+            recreate_tasks: 4,
+            recreate_rounds: 6,
+            loops: 10,
+            loop_generations: 15,
+            targets: 10,
+            missing: 30,
+        },
         timeout: Duration::from_secs(600),
     };
 }
@@ -135,7 +162,7 @@ pub struct ScenarioReport {
 }
 
 impl ScenarioReport {
-    fn new(name: impl Into<String>, seed: u64) -> Self {
+    pub(crate) fn new(name: impl Into<String>, seed: u64) -> Self {
         Self {
             name: name.into(),
             seed,
@@ -174,11 +201,11 @@ impl ScenarioReport {
         s
     }
 
-    fn extra(&mut self, k: &str, v: impl fmt::Display) {
+    pub(crate) fn extra(&mut self, k: &str, v: impl fmt::Display) {
         self.extra.push((k.to_owned(), v.to_string()));
     }
 
-    fn fail(&mut self, f: impl Into<String>) {
+    pub(crate) fn fail(&mut self, f: impl Into<String>) {
         self.failures.push(f.into());
     }
 }
@@ -347,7 +374,7 @@ impl TestHub {
     }
 }
 
-fn merge_events(report: &mut ScenarioReport, counts: BTreeMap<&'static str, u64>) {
+pub(crate) fn merge_events(report: &mut ScenarioReport, counts: BTreeMap<&'static str, u64>) {
     for (k, v) in counts {
         *report.events.entry(k.to_owned()).or_insert(0) += v;
     }
@@ -1140,6 +1167,9 @@ pub async fn run_all(
     }
     if wanted("poison-messages") {
         push(poison_messages(env, profile).await?);
+    }
+    if wanted("start-storm") {
+        push(crate::storm::start_storm(env, profile, seed).await?);
     }
     if wanted("bad-input") {
         push(bad_input(env).await?);
