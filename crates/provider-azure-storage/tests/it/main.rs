@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 mod capture;
 mod conformance;
+mod fidelity;
+mod liveness;
 mod partitions;
 mod provider;
 mod storage_layer;
