@@ -12,6 +12,8 @@
 //! * [`storm`]: the start storm of issue 12 (duplicate, stale and re-sent starts, concurrent
 //!   recreations, events and terminates to missing and completed instances, continue-as-new
 //!   loops with large payloads), shared by its scenario and the soak mode.
+//! * [`soak`]: the soak mode of `cargo xtask stress --soak`: one worker, rounds of mixed traffic,
+//!   stats and blob counts sampled every 10 s, a flatness verdict.
 //! * [`logs`]: a tracing layer that counts the provider's well-known log events
 //!   (`SplitBrainDetected`, `PoisonMessageDetected`, ...).
 
@@ -21,6 +23,7 @@ pub mod logs;
 pub mod procs;
 pub mod scenarios;
 pub mod setup;
+pub mod soak;
 pub mod storm;
 pub mod workload;
 

@@ -2,7 +2,7 @@
 //! audits the result and returns a [`ScenarioReport`] whose [`Display`](std::fmt::Display) is
 //! the one summary line `cargo xtask stress` prints.
 
-use crate::audit::{self, Audit};
+use crate::audit::{self, Audit, StatsMonitor};
 use crate::ledger::Ledger;
 use crate::logs;
 use crate::procs::WorkerProcess;
@@ -30,6 +30,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
+
+/// How often the stats of in-process workers are sampled.
+pub const STATS_PERIOD: Duration = Duration::from_millis(500);
 
 /// Sizes of a run.
 #[derive(Debug, Clone, Copy)]
@@ -80,9 +83,7 @@ impl Profile {
         stall_n: 20,
         stalls: 1,
         fault_n: 30,
-        // 5 %: the low end of issue 8's range. At 10-20 % about 1-2 % of instances can still be
-        // running after the deadline (an open liveness finding, reported by the heavy profile).
-        fault_rate: 0.05,
+        fault_rate: 0.10,
         reorder_n: 30,
         poison_n: 20,
         clock_n: 20,
@@ -274,6 +275,8 @@ pub struct TestHub {
     pub storage: Arc<AzureStorage>,
     /// The activity ledger.
     pub ledger: Arc<Ledger>,
+    /// Samples the stats of every in-process worker [`node`](Self::node) starts.
+    pub monitor: Arc<StatsMonitor>,
 }
 
 impl TestHub {
@@ -288,7 +291,9 @@ impl TestHub {
         let storage = env.storage();
         let ledger = Arc::new(Ledger::new(storage.clone(), &hub, "harness"));
         ledger.create().await?;
-        Ok(Self { env: env.clone(), hub, admin, storage, ledger })
+        let lease = admin.azure_settings().lease_interval;
+        let monitor = StatsMonitor::start(lease, STATS_PERIOD);
+        Ok(Self { env: env.clone(), hub, admin, storage, ledger, monitor })
     }
 
     /// A ledger handle for a worker named `worker`.
@@ -312,7 +317,21 @@ impl TestHub {
     /// When it cannot start.
     pub async fn node(&self, spec: NodeSpec) -> Result<Node> {
         let ledger = self.ledger_for(&spec.settings.worker_id);
-        Node::start(&self.env, spec, &ledger).await
+        Ok(Node::start(&self.env, spec, &ledger).await?.watched_by(&self.monitor))
+    }
+
+    /// The stats monitor's findings into `report`: figures as extras, every breach a failure.
+    pub fn stats_into(&self, report: &mut ScenarioReport) {
+        self.monitor.sample_now();
+        let f = self.monitor.findings();
+        report.extra("stats_samples", f.samples);
+        report.extra("max_held", f.max_held);
+        report.extra("max_leaked", f.max_leaked);
+        report.extra("max_recv_age", format!("{:.1}s", f.max_receive_age.as_secs_f64()));
+        report.extra("max_paused", format!("{:.1}s", f.max_paused.as_secs_f64()));
+        for v in f.violations.into_values() {
+            report.fail(format!("stats: {v}"));
+        }
     }
 
     /// A client over the admin provider.
@@ -367,8 +386,9 @@ impl TestHub {
         Ok(())
     }
 
-    /// Deletes the hub and its ledger.
+    /// Deletes the hub and its ledger (and stops the stats monitor).
     pub async fn delete(&self) {
+        self.monitor.stop();
         let _ = self.admin.delete().await;
         let _ = self.ledger.delete().await;
     }
@@ -480,6 +500,7 @@ pub async fn crash_point(env: &ChaosEnv, point: CrashPoint, n: usize) -> Result<
         report.fail("the crash point was never reached");
     }
     b.stop(Duration::from_secs(10)).await?;
+    hub.stats_into(&mut report);
     merge_events(&mut report, logs::since(&before));
     hub.delete().await;
     report.wall = started.elapsed();
@@ -654,6 +675,7 @@ async fn run_faulty(
     for node in nodes {
         node.stop(Duration::from_secs(10)).await?;
     }
+    hub.stats_into(&mut report);
     merge_events(&mut report, logs::since(&before));
     hub.delete().await;
     report.wall = started.elapsed();
@@ -753,6 +775,7 @@ pub async fn blob_outage(env: &ChaosEnv) -> Result<ScenarioReport> {
     hub.finish(&mut report, &planned, Duration::from_secs(90)).await?;
     report.extra("quarantined", hub.admin.hub_info().await?.poison_queue_length);
     node.stop(Duration::from_secs(10)).await?;
+    hub.stats_into(&mut report);
     merge_events(&mut report, logs::since(&before));
     hub.delete().await;
     report.wall = started.elapsed();
@@ -890,6 +913,7 @@ pub async fn poison_messages(env: &ChaosEnv, profile: &Profile) -> Result<Scenar
     }
     report.extra("residual_msgs", audit::queue_residue(&hub.admin).await.unwrap_or(0));
     node.stop(Duration::from_secs(10)).await?;
+    hub.stats_into(&mut report);
     merge_events(&mut report, logs::since(&before));
     hub.delete().await;
     report.wall = started.elapsed();
@@ -1121,6 +1145,7 @@ pub async fn clock_jump(env: &ChaosEnv, n: usize, jump_secs: i64) -> Result<Scen
     hub.purge_into(&mut report, &planned).await?;
     a.stop(Duration::from_secs(10)).await?;
     b.stop(Duration::from_secs(10)).await?;
+    hub.stats_into(&mut report);
     merge_events(&mut report, logs::since(&before));
     hub.delete().await;
     report.wall = started.elapsed();

@@ -510,6 +510,7 @@ pub async fn start_storm(env: &ChaosEnv, profile: &Profile, seed: u64) -> Result
     }
     hub.purge_into(&mut report, &round.planned).await?;
     node.stop(Duration::from_secs(10)).await?;
+    hub.stats_into(&mut report);
     merge_events(&mut report, logs::since(&before));
     hub.delete().await;
     report.wall = started.elapsed();
