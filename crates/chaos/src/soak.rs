@@ -70,6 +70,8 @@ pub struct SoakSample {
     pub pollers: usize,
     /// Blobs in the large-message container.
     pub blobs: usize,
+    /// Messages in the control and work-item queues (approximate).
+    pub queued: usize,
     /// Instances audited complete so far.
     pub completed: usize,
 }
@@ -87,6 +89,8 @@ pub struct SoakReport {
     pub expected: usize,
     /// Lease interval (the receive-age bound).
     pub lease: Duration,
+    /// One line per round (instances, audit, queue residue, blobs after purge).
+    pub round_lines: Vec<String>,
     /// Findings (rounds, stats monitor, flatness).
     pub failures: Vec<String>,
     /// Wall time.
@@ -161,7 +165,7 @@ impl fmt::Display for SoakReport {
         )?;
         writeln!(
             f,
-            "{:<8} {:>7} {:>6} {:>9} {:>10} {:>7} {:>13} {:>7} {:>6} {:>10}",
+            "{:<8} {:>7} {:>6} {:>9} {:>10} {:>7} {:>13} {:>7} {:>6} {:>7} {:>10}",
             "sample",
             "t(s)",
             "held",
@@ -171,12 +175,13 @@ impl fmt::Display for SoakReport {
             "max_recv_age",
             "paused",
             "blobs",
+            "queued",
             "completed"
         )?;
         let row = |f: &mut fmt::Formatter<'_>, name: &str, s: &SoakSample| {
             writeln!(
                 f,
-                "{:<8} {:>7.0} {:>6} {:>9} {:>10} {:>7} {:>12.1}s {:>7} {:>6} {:>10}",
+                "{:<8} {:>7.0} {:>6} {:>9} {:>10} {:>7} {:>12.1}s {:>7} {:>6} {:>7} {:>10}",
                 name,
                 s.at.as_secs_f64(),
                 s.held,
@@ -186,6 +191,7 @@ impl fmt::Display for SoakReport {
                 s.max_receive_age.as_secs_f64(),
                 s.paused,
                 s.blobs,
+                s.queued,
                 s.completed
             )
         };
@@ -205,11 +211,15 @@ impl fmt::Display for SoakReport {
                     paused: pick(a.paused, s.paused),
                     pollers: pick(a.pollers, s.pollers),
                     blobs: pick(a.blobs, s.blobs),
+                    queued: pick(a.queued, s.queued),
                     completed: pick(a.completed, s.completed),
                 })
             };
             row(f, "min", &fold(usize::min, Duration::min))?;
             row(f, "max", &fold(usize::max, Duration::max))?;
+        }
+        for line in &self.round_lines {
+            writeln!(f, "  {line}")?;
         }
         for fail in &self.failures {
             writeln!(f, "  failure: {fail}")?;
@@ -240,6 +250,9 @@ async fn sample(
     let s = svc.stats();
     let container = &hub.admin.resource_names().large_messages_container;
     let blobs = hub.storage.list_blobs(container, "").await.map(|b| b.len()).unwrap_or(0);
+    let queued = audit::queue_residue(&hub.admin)
+        .await
+        .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
     SoakSample {
         at: started.elapsed(),
         held: s.held_messages,
@@ -255,6 +268,7 @@ async fn sample(
         paused: s.control_queues.iter().filter(|q| q.paused_for.is_some()).count(),
         pollers: s.control_queues.len(),
         blobs,
+        queued,
         completed,
     }
 }
@@ -296,48 +310,50 @@ pub async fn soak(
             }
         }
     };
-    let traffic = async {
-        let mut failures = Vec::new();
-        let mut rounds = 0usize;
-        let mut expected = 0usize;
-        while started.elapsed() < config.duration {
-            let prefix = format!("k{rounds:04}");
-            let round =
-                storm::run_round(&hub, &SOAK_ROUND, &prefix, config.seed + rounds as u64).await?;
-            let a = audit::audit(&hub.admin, &round.planned, &hub.ledger, Duration::from_secs(300))
-                .await?;
-            expected += a.expected;
-            *completed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += a.completed;
-            if !a.ok() {
-                failures.push(format!("round {prefix}: {:?}", a.problems));
+    let lane = |lane: usize| {
+        let completed = completed.clone();
+        let hub = &hub;
+        async move {
+            // The second lane starts later so the lanes' phases (starts, waits, purges) overlap.
+            tokio::time::sleep(Duration::from_secs(15 * lane as u64)).await;
+            let mut lines = Vec::new();
+            let mut failures = Vec::new();
+            let mut expected = 0usize;
+            let mut r = 0usize;
+            while started.elapsed() < config.duration {
+                let prefix = format!("k{lane}r{r:03}");
+                let seed = config.seed + (lane * 1000 + r) as u64;
+                let (line, found, n) = run_soak_round(hub, &prefix, seed, &completed).await?;
+                lines.push(line);
+                failures.extend(found);
+                expected += n;
+                r += 1;
             }
-            for m in storm::check_missing(&hub, &round).await? {
-                failures.push(format!("round {prefix}: {m}"));
-            }
-            if round.outcomes.raw_count() > 0 {
-                failures
-                    .push(format!("round {prefix}: raw client errors {:?}", round.outcomes.raw));
-            }
-            if a.ok() {
-                // Purge what the round left (deferred duplicate starts drain first).
-                storm::wait_quiet(&hub, Duration::from_secs(60)).await?;
-                for p in &round.planned {
-                    audit::retry(|| {
-                        durabletask_core::OrchestrationServiceClient::purge_instance(
-                            &hub.admin,
-                            &p.instance_id,
-                        )
-                    })
-                    .await?;
-                }
-            }
-            rounds += 1;
+            Ok::<_, ChaosError>((lines, failures, expected))
         }
+    };
+    let traffic = async {
+        // Traffic starts once the worker polls its partitions (the samples' "no poller" check).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while node.svc.stats().control_queues.len() < usize::from(hub.settings("x").partition_count)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let r = futures::future::try_join(lane(0), lane(1)).await;
         stop.notify_one();
-        Ok::<_, ChaosError>((failures, rounds, expected))
+        r.map(|((l0, f0, e0), (l1, f1, e1))| {
+            let rounds = l0.len() + l1.len();
+            (
+                l0.into_iter().chain(l1).collect::<Vec<_>>(),
+                f0.into_iter().chain(f1).collect::<Vec<_>>(),
+                rounds,
+                e0 + e1,
+            )
+        })
     };
     let (samples, traffic) = tokio::join!(sampler, traffic);
-    let (failures, rounds, expected) = match traffic {
+    let (round_lines, failures, rounds, expected) = match traffic {
         Ok(t) => t,
         Err(e) => {
             node.stop(Duration::from_secs(10)).await?;
@@ -350,6 +366,7 @@ pub async fn soak(
     report.expected = expected;
     report.completed = *completed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     report.failures = failures;
+    report.round_lines = round_lines;
     hub.monitor.sample_now();
     for v in hub.monitor.findings().violations.into_values() {
         report.failures.push(format!("stats: {v}"));
@@ -358,4 +375,60 @@ pub async fn soak(
     hub.delete().await;
     report.wall = started.elapsed();
     Ok(report)
+}
+
+/// One storm round: run, audit, check the missing ids, wait for the queues, purge; returns its
+/// report line, its findings and the instances audited.
+async fn run_soak_round(
+    hub: &TestHub,
+    prefix: &str,
+    seed: u64,
+    completed: &Mutex<usize>,
+) -> Result<(String, Vec<String>, usize)> {
+    let t0 = Instant::now();
+    let mut found = Vec::new();
+    let round = storm::run_round(hub, &SOAK_ROUND, prefix, seed).await?;
+    let a = audit::audit(&hub.admin, &round.planned, &hub.ledger, Duration::from_secs(300)).await?;
+    *completed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += a.completed;
+    if !a.ok() {
+        found.push(format!("round {prefix}: {:?}", a.problems));
+    }
+    for m in storm::check_missing(hub, &round).await? {
+        found.push(format!("round {prefix}: {m}"));
+    }
+    if round.outcomes.raw_count() > 0 {
+        found.push(format!("round {prefix}: raw client errors {:?}", round.outcomes.raw));
+    }
+    let mut residue = None;
+    let mut left = None;
+    if a.ok() {
+        // Deferred duplicate and orphan starts drain first (dropped after 10 deliveries).
+        residue = Some(storm::wait_quiet(hub, Duration::from_secs(60)).await?);
+        for p in &round.planned {
+            audit::retry(|| {
+                durabletask_core::OrchestrationServiceClient::purge_instance(
+                    &hub.admin,
+                    &p.instance_id,
+                )
+            })
+            .await?;
+        }
+        let container = &hub.admin.resource_names().large_messages_container;
+        let blobs = audit::retry(|| hub.storage.list_blobs(container, prefix)).await?;
+        if !blobs.is_empty() {
+            found
+                .push(format!("round {prefix}: {} blobs left after purge: {blobs:?}", blobs.len()));
+        }
+        left = Some(blobs.len());
+    }
+    let line = format!(
+        "round {prefix}: {}/{} completed, client {}, queued after wait {}, blobs left after purge {}, {:.0}s",
+        a.completed,
+        a.expected,
+        round.outcomes.summary(),
+        residue.map_or_else(|| "-".to_owned(), |r| r.to_string()),
+        left.map_or_else(|| "-".to_owned(), |r| r.to_string()),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok((line, found, a.expected))
 }
