@@ -285,6 +285,13 @@ pub async fn soak(
     let started = Instant::now();
     let hub = TestHub::create(env, "soak").await?;
     let node = hub.node(NodeSpec::new(hub.settings("soak-w"))).await?;
+    // Sampling and traffic start once the worker polls all its partitions.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.svc.stats().control_queues.len() < usize::from(hub.settings("x").partition_count)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let mut report =
         SoakReport { lease: hub.settings("x").lease_interval, ..SoakReport::default() };
     let completed = Arc::new(Mutex::new(0usize));
@@ -333,13 +340,6 @@ pub async fn soak(
         }
     };
     let traffic = async {
-        // Traffic starts once the worker polls its partitions (the samples' "no poller" check).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while node.svc.stats().control_queues.len() < usize::from(hub.settings("x").partition_count)
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
         let r = futures::future::try_join(lane(0), lane(1)).await;
         stop.notify_one();
         r.map(|((l0, f0, e0), (l1, f1, e1))| {
@@ -402,8 +402,9 @@ async fn run_soak_round(
     let mut residue = None;
     let mut left = None;
     if a.ok() {
-        // Deferred duplicate and orphan starts drain first (dropped after 10 deliveries).
-        residue = Some(storm::wait_quiet(hub, Duration::from_secs(60)).await?);
+        // Give deferred duplicate and orphan starts a moment (they are dropped after 10
+        // deliveries and carry no blobs), then purge; the other lane keeps the worker busy.
+        residue = Some(storm::wait_quiet(hub, Duration::from_secs(10)).await?);
         for p in &round.planned {
             audit::retry(|| {
                 durabletask_core::OrchestrationServiceClient::purge_instance(
