@@ -374,10 +374,16 @@ impl BlobCheck {
 
 impl std::fmt::Display for BlobCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let first = |v: &[String]| -> Vec<String> { v.iter().take(8).cloned().collect() };
         write!(
             f,
-            "{} blobs, {} referenced, orphans {:?}, dangling {:?}",
-            self.in_container, self.referenced, self.orphans, self.dangling
+            "{} blobs, {} referenced, {} orphans (first {:?}), {} dangling (first {:?})",
+            self.in_container,
+            self.referenced,
+            self.orphans.len(),
+            first(&self.orphans),
+            self.dangling.len(),
+            first(&self.dangling)
         )
     }
 }
