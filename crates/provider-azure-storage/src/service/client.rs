@@ -100,12 +100,19 @@ impl AzureStorageOrchestrationService {
         existing: Option<&InstanceRow>,
     ) -> Result<(), crate::storage::StorageError> {
         let inner = &self.inner;
-        let entity = tracking::instance_entity(inner, state, true).await?;
+        let row = tracking::instance_entity_with(inner, state, true, Default::default()).await?;
         let mode = match existing {
             Some(r) => WriteMode::Replace(r.etag.clone()),
             None => WriteMode::Insert,
         };
-        inner.tables.write(&inner.names.instances_table, BatchOp { mode, entity }).await.map(|_| ())
+        let entity = row.entity.clone();
+        inner.tables.write(&inner.names.instances_table, BatchOp { mode, entity }).await?;
+        // The replaced row's own blobs (large custom status, failure text, Pending input) are
+        // referenced by nothing now.
+        if let Some(old) = existing {
+            tracking::delete_replaced_blobs(inner, old.blobs.iter().cloned(), &row).await;
+        }
+        Ok(())
     }
 
     /// Deletes an instance's history rows, blobs and row. Returns whether the row was deleted.

@@ -107,6 +107,29 @@ pub(crate) struct Buffered {
     pub(crate) message: TaskMessage,
     /// The queue text as received (visibility updates must send it back unchanged).
     pub(crate) text: String,
+    /// The large-message blob holding the envelope, if it was too large for the queue (deleted
+    /// with the message).
+    pub(crate) blob: Option<String>,
+}
+
+/// What deleting a received message needs: queue, id, pop receipt, and its envelope blob.
+#[derive(Debug, Clone)]
+pub(crate) struct MessageRef {
+    pub(crate) queue: String,
+    pub(crate) id: String,
+    pub(crate) pop_receipt: String,
+    pub(crate) blob: Option<String>,
+}
+
+impl MessageRef {
+    pub(crate) fn of(m: &Buffered) -> Self {
+        Self {
+            queue: m.queue.clone(),
+            id: m.id.clone(),
+            pop_receipt: m.pop_receipt.clone(),
+            blob: m.blob.clone(),
+        }
+    }
 }
 
 /// What the partition owner remembers about an instance between work items.
@@ -285,12 +308,16 @@ pub(crate) enum DecodeFailure {
     /// envelope is from a newer version, whose workers may be rolling out): back off, never
     /// quarantine.
     Unavailable(String),
+    /// The envelope's blob is gone: a blob is deleted only with the message that was consumed or
+    /// discarded (this is a duplicate of it) or by purge of the instance. Nothing can process
+    /// it: the message is deleted.
+    Gone(String),
 }
 
 impl DecodeFailure {
     fn reason(&self) -> &str {
         match self {
-            Self::Malformed(r) | Self::Unavailable(r) => r,
+            Self::Malformed(r) | Self::Unavailable(r) | Self::Gone(r) => r,
         }
     }
 }
@@ -309,19 +336,21 @@ pub(crate) async fn decode(
         return Ok(data);
     };
     let bytes = inner.large.download(&blob).await.map_err(|e| match e.kind() {
-        StorageErrorKind::NotFound
-        | StorageErrorKind::Permanent
-        | StorageErrorKind::InvalidInput => {
+        StorageErrorKind::NotFound => {
+            DecodeFailure::Gone(format!("large-message blob {blob}: {e}"))
+        }
+        StorageErrorKind::Permanent | StorageErrorKind::InvalidInput => {
             DecodeFailure::Malformed(format!("large-message blob {blob}: {e}"))
         }
         _ => DecodeFailure::Unavailable(format!("large-message blob {blob}: {e}")),
     })?;
-    let full = MessageData::from_bytes(&bytes).map_err(envelope_failure)?;
+    let mut full = MessageData::from_bytes(&bytes).map_err(envelope_failure)?;
     if full.task_message.is_none() {
         return Err(DecodeFailure::Malformed(format!(
             "large-message blob {blob} holds no task message"
         )));
     }
+    full.compressed_blob_name = Some(blob);
     Ok(full)
 }
 
@@ -337,6 +366,14 @@ pub(crate) async fn undecodable(
     failure: &DecodeFailure,
 ) {
     let reason = failure.reason();
+    if let DecodeFailure::Gone(_) = failure {
+        tracing::warn!(
+            queue, message_id = %m.id, dequeue_count = m.dequeue_count, reason,
+            "DuplicateMessageDetected: the message's blob is gone (consumed duplicate or purged instance); deleting"
+        );
+        let _ = inner.queues.delete_message(queue, &m.id, &m.pop_receipt).await;
+        return;
+    }
     if let DecodeFailure::Unavailable(_) = failure {
         let delay = poison_backoff(m.dequeue_count).min(Duration::from_secs(30));
         tracing::warn!(
@@ -486,6 +523,7 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
                         instance_id = %message.orchestration_instance.instance_id,
                         "ReceivedMessage"
                     );
+                    let blob = data.compressed_blob_name.clone();
                     decoded.push(Buffered {
                         queue: queue.clone(),
                         id: m.id,
@@ -496,6 +534,7 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
                         sequence_number: data.sequence_number,
                         message,
                         text: m.text,
+                        blob,
                     });
                 }
             }
@@ -592,10 +631,16 @@ pub(crate) async fn update_visibility(
     }
 }
 
-pub(crate) async fn delete_messages(inner: &Inner, messages: &[(String, String, String)]) {
-    let deletes = messages.iter().map(|(queue, id, receipt)| async move {
+/// Deletes messages, and the envelope blob of each message whose delete succeeded (a message
+/// that is gone was redelivered to, or deleted by, someone who still needs the blob).
+pub(crate) async fn delete_messages(inner: &Inner, messages: &[MessageRef]) {
+    let deletes = messages.iter().map(|MessageRef { queue, id, pop_receipt: receipt, blob }| async move {
         match inner.queues.delete_message(queue, id, receipt).await {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(blob) = blob {
+                    inner.large.delete_all([blob.clone()]).await;
+                }
+            }
             Err(e) if e.is_message_gone() => {
                 tracing::warn!(queue, message_id = %id, "MessageGone: already deleted or redelivered");
             }
@@ -953,10 +998,7 @@ async fn build(
 
     // Apply discards and deferrals.
     if !discard.is_empty() {
-        let refs: Vec<(String, String, String)> = discard
-            .iter()
-            .map(|m| (m.queue.clone(), m.id.clone(), m.pop_receipt.clone()))
-            .collect();
+        let refs: Vec<MessageRef> = discard.iter().map(MessageRef::of).collect();
         delete_messages(inner, &refs).await;
     }
     for (m, d) in &defer {

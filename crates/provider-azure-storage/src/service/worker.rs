@@ -182,11 +182,21 @@ pub(crate) async fn send_with(
         .acquire()
         .await
         .map_err(|_| perr(ProviderErrorKind::Transient, OP, "shutting down"))?;
-    inner
-        .queues
-        .put_message(&queue, &text, delay.min(MAX_VISIBILITY))
-        .await
-        .map_err(|e| provider_error(OP, e))?;
+    if let Err(e) = inner.queues.put_message(&queue, &text, delay.min(MAX_VISIBILITY)).await {
+        // A refused put (not an ambiguous one, which may have committed) leaves its envelope
+        // blob to nobody.
+        if matches!(
+            e.kind(),
+            StorageErrorKind::InvalidInput
+                | StorageErrorKind::NotFound
+                | StorageErrorKind::Unauthorized
+        ) && let Some(blob) =
+            MessageData::decode_text(&text).ok().and_then(|d| d.compressed_blob_name)
+        {
+            inner.large.delete_all([blob]).await;
+        }
+        return Err(provider_error(OP, e));
+    }
     tracing::debug!(instance_id, %event_type, queue, "SendingMessage");
     match partition {
         _ if !wake => {}
@@ -431,11 +441,8 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         let t = token(&work_item.token, OP)?;
         let id = work_item.instance_id.as_str();
         t.check_held(inner, OP)?;
-        let refs: Vec<(String, String, String)> = t
-            .messages()
-            .iter()
-            .map(|m| (m.queue.clone(), m.id.clone(), m.pop_receipt.clone()))
-            .collect();
+        let refs: Vec<control::MessageRef> =
+            t.messages().iter().map(control::MessageRef::of).collect();
         let cp = match result {
             WorkItemResult::Discard { reason } => {
                 tracing::info!(instance_id = id, reason = %reason, "DiscardingWorkItem");
@@ -485,9 +492,15 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             // Sub-orchestration starts: the child's Instances row exists as Pending from now on.
             if let EventKind::ExecutionStarted(s) = &m.event.kind {
                 let state = durabletask_core::OrchestrationState::pending(s, now);
-                let entity = tracking::instance_entity(inner, &state, true)
-                    .await
-                    .map_err(|e| provider_error(OP, e))?;
+                let row = tracking::instance_entity_with(
+                    inner,
+                    &state,
+                    true,
+                    tracking::RowBlobContext::default(),
+                )
+                .await
+                .map_err(|e| provider_error(OP, e))?;
+                let entity = row.entity.clone();
                 match inner
                     .tables
                     .write(
@@ -497,7 +510,11 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                     .await
                 {
                     Ok(_) => {}
-                    Err(e) if e.kind() == StorageErrorKind::Conflict => {}
+                    Err(e) if e.kind() == StorageErrorKind::Conflict => {
+                        // The child's row exists already (its own first checkpoint, or an earlier
+                        // run of this checkpoint): keep only the blobs that row references.
+                        tracking::drop_unreferenced_uploads(inner, state.instance_id(), &row).await;
+                    }
                     Err(e) => return Err(provider_error(OP, e)),
                 }
             }
@@ -526,9 +543,12 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             )
             .await
         };
-        let sentinel = sentinel.map_err(|e| {
+        let written = sentinel.map_err(|e| {
             abort_checkpoint(inner, id, OP, "history was written by another worker", e)
         })?;
+        let sentinel = written.sentinel_etag;
+        // Row-owned blobs the Instances write replaces; deleted once it committed.
+        let mut replaced_blobs: Vec<String> = Vec::new();
         if inner.crash(CrashPoint::AfterHistory, id) {
             t.crashed.store(true, Ordering::Release);
             inner.control.cache_invalidate(id);
@@ -549,9 +569,17 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         let instance_etag = if unchanged {
             t.instance_etag.clone()
         } else {
-            let mut entity = tracking::instance_entity(inner, &cp.state, include_input)
+            // Large Input/Output reference this checkpoint's History blobs (DTF 3.6/3.7); an
+            // unchanged large custom status keeps its blob.
+            let stored_custom = t.row_view.as_ref().map(|v| v.1.as_deref());
+            let ctx = tracking::RowBlobContext {
+                history: &written.blobs,
+                stored_custom_status: stored_custom.flatten(),
+            };
+            let row = tracking::instance_entity_with(inner, &cp.state, include_input, ctx)
                 .await
                 .map_err(|e| provider_error(OP, e))?;
+            let mut entity = row.entity.clone();
             if !include_input {
                 entity.properties.remove("Input");
             }
@@ -588,6 +616,13 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                 status = cp.state.orchestration_status.as_str(),
                 "InstanceStatusUpdate"
             );
+            let candidates =
+                tracking::checkpoint_replaced_blobs(inner, &cp.state, include_input, stored_custom)
+                    .await;
+            replaced_blobs = candidates
+                .into_iter()
+                .filter(|b| LargePayloads::is_instance_blob(b) && !row.owned_blobs.contains(b))
+                .collect();
             instance_etag
         };
         if inner.crash(CrashPoint::AfterInstances, id) || inner.crash(CrashPoint::BeforeDelete, id)
@@ -603,13 +638,19 @@ impl OrchestrationService for AzureStorageOrchestrationService {
 
         // The owner keeps the history for the next episode; the sentinel ETag guards it.
         let terminal = cp.state.orchestration_status.is_terminal();
-        let old_blobs = if new_execution { t.history_blobs.clone() } else { Vec::new() };
+        let new_blobs = written.blobs.iter().map(|b| b.name.clone());
+        // The live execution's blobs: a new execution starts from this checkpoint's uploads; the
+        // previous generation's blobs are deleted below.
+        let (old_blobs, live_blobs): (Vec<String>, Vec<String>) = if new_execution {
+            (t.history_blobs.clone(), new_blobs.collect())
+        } else {
+            (Vec::new(), t.history_blobs.iter().cloned().chain(new_blobs).collect())
+        };
         // Only the owner caches: a partition lost during this checkpoint must not leave an entry
         // behind that would be stale when the partition comes back.
         if terminal || !inner.partitions.is_owned(&t.queue) {
             inner.control.cache_invalidate(id);
         } else {
-            let blobs = if new_execution { Vec::new() } else { t.history_blobs.clone() };
             inner.control.cache_put(
                 id,
                 CachedInstance {
@@ -617,15 +658,14 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                     events: cp.runtime_state.into_events(),
                     sentinel_etag: sentinel,
                     instance_etag,
-                    blobs,
+                    blobs: live_blobs,
                     row_view: Some(view),
                 },
             );
         }
-        // Blobs of the previous generation go only after the new one committed.
-        for b in old_blobs {
-            let _ = inner.blobs.delete_blob_if_exists(inner.large.container(), &b).await;
-        }
+        // Blobs of the previous generation and the row-owned blobs the Instances write replaced
+        // go only after the new state committed.
+        inner.large.delete_all(old_blobs.into_iter().chain(replaced_blobs)).await;
         Ok(())
     }
 
@@ -826,7 +866,15 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         }
         let receipt = control::locked(&t.pop_receipt).clone();
         match inner.queues.delete_message(&inner.names.work_item_queue, &t.id, &receipt).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // The request's envelope blob, if any, is no longer needed.
+                if let Some(blob) =
+                    MessageData::decode_text(&t.text).ok().and_then(|d| d.compressed_blob_name)
+                {
+                    inner.large.delete_all([blob]).await;
+                }
+                Ok(())
+            }
             Err(e) if e.is_message_gone() => {
                 tracing::warn!(message_id = %t.id, "MessageGone: activity message was redelivered before its delete");
                 Ok(())

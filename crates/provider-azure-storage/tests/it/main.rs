@@ -2,6 +2,7 @@
 //! `cargo xtask test`). Every test uses its own task hub, so they run in parallel.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+mod blobs;
 mod capture;
 mod conformance;
 mod partitions;
