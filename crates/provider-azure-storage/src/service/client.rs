@@ -110,7 +110,8 @@ impl AzureStorageOrchestrationService {
         // The replaced row's own blobs (large custom status, failure text, Pending input) are
         // referenced by nothing now.
         if let Some(old) = existing {
-            tracking::delete_replaced_blobs(inner, old.blobs.iter().cloned(), &row).await;
+            let replaced = old.blobs.iter().map(|(_, blob)| blob.clone());
+            tracking::delete_replaced_blobs(inner, replaced, &row).await;
         }
         Ok(())
     }

@@ -203,6 +203,9 @@ pub(crate) struct LoadedHistory {
     pub(crate) sentinel_etag: Option<String>,
     /// Blob names the events referenced.
     pub(crate) blobs: Vec<String>,
+    /// The blobs the Instances row references, by column, when known (read with the row, or
+    /// cached after the last write).
+    pub(crate) row_blobs: Option<RowBlobs>,
 }
 
 /// Reads an instance's history (DTF `GetHistoryEventsAsync`): all rows of the partition, the
@@ -388,8 +391,11 @@ pub(crate) struct InstanceRow {
     pub(crate) etag: Option<String>,
     /// Blobs of the hub's container the row's `Input`, `Output`, `CustomStatus` and
     /// `FailureDetails` values point at.
-    pub(crate) blobs: Vec<String>,
+    pub(crate) blobs: RowBlobs,
 }
+
+/// Blobs an Instances row references: (column, blob name).
+pub(crate) type RowBlobs = Vec<(String, String)>;
 
 fn status_from_name(name: &str) -> Option<OrchestrationStatus> {
     OrchestrationStatus::ALL.into_iter().find(|s| s.as_str() == name)
@@ -404,9 +410,9 @@ pub(crate) struct RowBlobContext<'a> {
     /// Blobs the same checkpoint's History rows reference (DTF 3.6/3.7: the Instances row stores
     /// the URL of the History row's blob for the same value).
     pub(crate) history: &'a [HistoryBlob],
-    /// The custom status the row already stores, when known: if it is unchanged, its blob is
-    /// already there.
-    pub(crate) stored_custom_status: Option<&'a str>,
+    /// Blobs the row already references: a row-owned blob of the same name (same content) is
+    /// not uploaded again.
+    pub(crate) stored: &'a [(String, String)],
 }
 
 /// An Instances row to write, with the row-owned blobs
@@ -434,8 +440,7 @@ async fn put_large_string(
             inner.large.url_of(&h.name)
         } else {
             let name = LargePayloads::instance_blob_name(instance_id, execution_id, column, value);
-            let already = column == CUSTOM_STATUS_COLUMN && ctx.stored_custom_status == Some(value);
-            if !already {
+            if !ctx.stored.iter().any(|(_, b)| *b == name) {
                 inner.large.upload(&name, value.as_bytes()).await?;
             }
             let url = inner.large.url_of(&name);
@@ -513,15 +518,13 @@ pub(crate) fn is_large(inner: &Inner, value: &str) -> bool {
     utf16_len(value) > inner.settings.max_table_property_bytes
 }
 
-/// The row-owned blobs a checkpoint's Instances write may have replaced: the Pending row's input
-/// of this execution (when the write sets `Input`) and the previous custom status. The previous
-/// custom status is `stored_custom_status` (`Some(None)`: none or small); when it is unknown
-/// (`None`), every custom-status blob of the instance is a candidate (a listing).
+/// The row-owned blobs a checkpoint's Instances write may have replaced when the row it replaced
+/// is unknown: the Pending row's input of this execution (when the write sets `Input`) and every
+/// custom-status blob of the instance (a listing).
 pub(crate) async fn checkpoint_replaced_blobs(
     inner: &Inner,
     state: &OrchestrationState,
     include_input: bool,
-    stored_custom_status: Option<Option<&str>>,
 ) -> Vec<String> {
     let id = state.instance_id();
     let exec = state.orchestration_instance.execution_id.as_deref().unwrap_or_default();
@@ -532,20 +535,11 @@ pub(crate) async fn checkpoint_replaced_blobs(
     {
         out.push(LargePayloads::instance_blob_name(id, exec, "Input", input));
     }
-    match stored_custom_status {
-        Some(Some(c)) if is_large(inner, c) => {
-            out.push(LargePayloads::instance_blob_name(id, exec, CUSTOM_STATUS_COLUMN, c));
-        }
-        Some(_) => {}
-        None => {
-            let prefix =
-                format!("{}instance-{CUSTOM_STATUS_COLUMN}-", LargePayloads::instance_prefix(id));
-            match inner.large.list(&prefix).await {
-                Ok(names) => out.extend(names),
-                Err(e) => {
-                    tracing::warn!(instance_id = id, error = %e, "GeneralWarning: listing custom-status blobs failed");
-                }
-            }
+    let prefix = format!("{}instance-{CUSTOM_STATUS_COLUMN}-", LargePayloads::instance_prefix(id));
+    match inner.large.list(&prefix).await {
+        Ok(names) => out.extend(names),
+        Err(e) => {
+            tracing::warn!(instance_id = id, error = %e, "GeneralWarning: listing custom-status blobs failed");
         }
     }
     out
@@ -569,14 +563,61 @@ pub(crate) async fn drop_unreferenced_uploads(
         Err(_) => return,
     };
     let referenced = existing.map(|e| instance_row_blobs(&inner.large, &e)).unwrap_or_default();
-    let unused: Vec<String> =
-        row.owned_blobs.iter().filter(|b| !referenced.contains(b)).cloned().collect();
+    let unused: Vec<String> = row
+        .owned_blobs
+        .iter()
+        .filter(|b| !referenced.iter().any(|(_, r)| r == *b))
+        .cloned()
+        .collect();
     inner.large.delete_all(unused).await;
 }
 
 /// The blobs of the hub's container an Instances row's URL columns point at.
-pub(crate) fn instance_row_blobs(large: &LargePayloads, e: &TableEntity) -> Vec<String> {
-    URL_COLUMNS.iter().filter_map(|c| e.get_str(c).and_then(|v| large.name_from_url(v))).collect()
+pub(crate) fn instance_row_blobs(large: &LargePayloads, e: &TableEntity) -> RowBlobs {
+    URL_COLUMNS
+        .iter()
+        .filter_map(|c| {
+            e.get_str(c).and_then(|v| large.name_from_url(v)).map(|b| ((*c).to_owned(), b))
+        })
+        .collect()
+}
+
+/// The row-owned blobs of `stored` (the row as it was) that a committed write of `written`
+/// replaced: those of the columns it wrote (all of them when it replaced the whole row), unless
+/// it references them again.
+pub(crate) fn replaced_row_blobs(
+    stored: &RowBlobs,
+    written: &InstanceEntity,
+    whole_row: bool,
+) -> Vec<String> {
+    stored
+        .iter()
+        .filter(|(column, blob)| {
+            (whole_row || written.entity.properties.contains_key(column))
+                && LargePayloads::is_instance_blob(blob)
+                && !written.owned_blobs.contains(blob)
+        })
+        .map(|(_, blob)| blob.clone())
+        .collect()
+}
+
+/// The row's blobs after a committed write of `written` over `stored` (a merge keeps the
+/// columns it did not write); `None` when the row before was unknown and the write was a merge.
+pub(crate) fn row_blobs_after(
+    large: &LargePayloads,
+    stored: Option<&RowBlobs>,
+    written: &InstanceEntity,
+    replaced_whole_row: bool,
+) -> Option<RowBlobs> {
+    let mut out: RowBlobs = match (stored, replaced_whole_row) {
+        (_, true) => Vec::new(),
+        (Some(s), false) => {
+            s.iter().filter(|(c, _)| !written.entity.properties.contains_key(c)).cloned().collect()
+        }
+        (None, false) => return None,
+    };
+    out.extend(instance_row_blobs(large, &written.entity));
+    Some(out)
 }
 
 /// After a write that replaced an Instances row (or some of its columns) committed: deletes the

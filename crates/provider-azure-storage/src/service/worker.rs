@@ -30,8 +30,8 @@ pub(crate) struct SessionToken {
     sentinel_etag: Option<String>,
     instance_etag: Option<String>,
     instance_exists: bool,
-    row_view: Option<control::RowView>,
     history_blobs: Vec<String>,
+    row_blobs: Option<tracking::RowBlobs>,
     finished: AtomicBool,
     crashed: AtomicBool,
 }
@@ -65,6 +65,24 @@ pub(crate) struct ActivityToken {
     pop_receipt: Mutex<String>,
     text: String,
     locked_until: Mutex<OffsetDateTime>,
+    _active: ActiveGuard,
+}
+
+/// Counts a locked activity work item until its token is dropped.
+#[derive(Debug)]
+struct ActiveGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ActiveGuard {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Work-item queue state: prefetched messages and the poll back-off.
@@ -74,6 +92,8 @@ pub(crate) struct ActivityState {
     wake: Notify,
     misses: std::sync::atomic::AtomicU32,
     stopped: AtomicBool,
+    /// Activity work items locked and not yet dropped.
+    pub(crate) active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn token<'a>(t: &'a LockToken, op: &'static str) -> Result<&'a SessionToken, ProviderError> {
@@ -388,8 +408,8 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                     sentinel_etag: p.history.sentinel_etag,
                     instance_etag: p.instance_etag,
                     instance_exists: p.instance_exists,
-                    row_view: p.row_view,
                     history_blobs: p.history.blobs,
+                    row_blobs: p.history.row_blobs,
                     finished: AtomicBool::new(false),
                     crashed: AtomicBool::new(false),
                 }),
@@ -547,8 +567,6 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             abort_checkpoint(inner, id, OP, "history was written by another worker", e)
         })?;
         let sentinel = written.sentinel_etag;
-        // Row-owned blobs the Instances write replaces; deleted once it committed.
-        let mut replaced_blobs: Vec<String> = Vec::new();
         if inner.crash(CrashPoint::AfterHistory, id) {
             t.crashed.store(true, Ordering::Release);
             inner.control.cache_invalidate(id);
@@ -557,25 +575,17 @@ impl OrchestrationService for AzureStorageOrchestrationService {
 
         // 3. The Instances row, guarded by its ETag so a stalled worker cannot overwrite it.
         let include_input = new_execution || starts_execution(new_events);
-        // Fewer transactions than DTF: an episode that changes neither the status nor the custom
-        // status (Running -> Running) leaves the row alone; history and its sentinel ETag
-        // already guard the checkpoint. `LastUpdatedTime` therefore moves when the row's
-        // content changes.
-        let view = (cp.state.orchestration_status, cp.state.status.clone());
-        let unchanged = !include_input
-            && t.instance_etag.is_some()
-            && t.row_view.as_ref() == Some(&view)
-            && !view.0.is_terminal();
-        let instance_etag = if unchanged {
-            t.instance_etag.clone()
-        } else {
-            // Large Input/Output reference this checkpoint's History blobs (DTF 3.6/3.7); an
-            // unchanged large custom status keeps its blob.
-            let stored_custom = t.row_view.as_ref().map(|v| v.1.as_deref());
-            let ctx = tracking::RowBlobContext {
-                history: &written.blobs,
-                stored_custom_status: stored_custom.flatten(),
-            };
+        // Every checkpoint writes the row, as DTF does: `LastUpdatedTime` is what operators and
+        // tools query to find instances that stopped making progress ("running but not updated
+        // for an hour"), so it must move with every episode even when nothing else changed.
+        // Large Input/Output reference this checkpoint's History blobs (DTF 3.6/3.7); a large
+        // custom status the row already references is not uploaded again.
+        let stored_row_blobs = t.row_blobs.clone();
+        let stored: &[(String, String)] = stored_row_blobs.as_deref().unwrap_or_default();
+        let ctx = tracking::RowBlobContext { history: &written.blobs, stored };
+        // Also: the row-owned blobs the write replaced (deleted once it committed) and the blobs
+        // the row references now.
+        let (instance_etag, replaced_blobs, row_blobs_now) = {
             let row = tracking::instance_entity_with(inner, &cp.state, include_input, ctx)
                 .await
                 .map_err(|e| provider_error(OP, e))?;
@@ -598,6 +608,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             } else {
                 WriteMode::UpsertMerge
             };
+            let whole_row = matches!(mode, WriteMode::Replace(_) | WriteMode::Upsert);
             let instance_etag = inner
                 .tables
                 .write(&inner.names.instances_table, BatchOp { mode, entity })
@@ -616,14 +627,17 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                 status = cp.state.orchestration_status.as_str(),
                 "InstanceStatusUpdate"
             );
-            let candidates =
-                tracking::checkpoint_replaced_blobs(inner, &cp.state, include_input, stored_custom)
-                    .await;
-            replaced_blobs = candidates
-                .into_iter()
-                .filter(|b| LargePayloads::is_instance_blob(b) && !row.owned_blobs.contains(b))
-                .collect();
-            instance_etag
+            let replaced: Vec<String> = match &stored_row_blobs {
+                Some(stored) => tracking::replaced_row_blobs(stored, &row, whole_row),
+                None => tracking::checkpoint_replaced_blobs(inner, &cp.state, include_input)
+                    .await
+                    .into_iter()
+                    .filter(|b| LargePayloads::is_instance_blob(b) && !row.owned_blobs.contains(b))
+                    .collect(),
+            };
+            let now_blobs =
+                tracking::row_blobs_after(&inner.large, stored_row_blobs.as_ref(), &row, whole_row);
+            (instance_etag, replaced, now_blobs)
         };
         if inner.crash(CrashPoint::AfterInstances, id) || inner.crash(CrashPoint::BeforeDelete, id)
         {
@@ -659,7 +673,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                     sentinel_etag: sentinel,
                     instance_etag,
                     blobs: live_blobs,
-                    row_view: Some(view),
+                    row_blobs: row_blobs_now,
                 },
             );
         }
@@ -782,6 +796,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                     pop_receipt: Mutex::new(m.pop_receipt),
                     text: m.text,
                     locked_until: Mutex::new(m.next_visible),
+                    _active: ActiveGuard::new(&a.active),
                 }),
             }));
         }

@@ -5,6 +5,8 @@
 mod blobs;
 mod capture;
 mod conformance;
+mod fidelity;
+mod liveness;
 mod partitions;
 mod provider;
 mod storage_layer;
