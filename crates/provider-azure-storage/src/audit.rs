@@ -12,10 +12,14 @@
 //! * an Instances row's `Input`, `Output`, `CustomStatus` or `FailureDetails` value that is a URL
 //!   into that container.
 //!
+//! * a poison record: blobs under `.poison/` hold the text of quarantined messages too large
+//!   for a poison-queue record; they are counted as referenced (by the record in
+//!   `{hub}-poison`) and listed in [`BlobAudit::quarantined`].
+//!
 //! While messages are in flight, their envelope blobs (`{id}/message-...`) are in the container
-//! but not referenced by any row: they show up as orphans until the message is consumed.
-//! A quarantined (poison) message's blob is referenced by its poison record only; it is
-//! reported as an orphan here too.
+//! but not referenced by any row: they show up as orphans until the message is consumed (or
+//! discarded) and its blob deleted with it. A quarantined message whose envelope lives in a blob
+//! keeps that blob (its poison record references it); such a blob is reported as an orphan.
 
 use crate::StorageStack;
 use crate::keys::blob_segment;
@@ -27,6 +31,9 @@ use crate::storage::{
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+/// Prefix of the blobs holding the text of quarantined messages (`{hub}-poison` records).
+pub const POISON_PREFIX: &str = ".poison/";
+
 /// Instances-table columns whose value may be a blob URL.
 pub const INSTANCE_URL_COLUMNS: [&str; 4] = ["Input", "Output", "CustomStatus", "FailureDetails"];
 
@@ -37,9 +44,11 @@ pub struct BlobAudit {
     pub in_container: BTreeSet<String>,
     /// Every blob name referenced by a live History row or an Instances row.
     pub referenced: BTreeSet<String>,
-    /// For each referenced blob, who references it (`History {pk}/{rk} {column}` or
-    /// `Instances {pk} {column}`), for diagnostics.
+    /// For each referenced blob, who references it (`History {pk}/{rk} {column}`,
+    /// `Instances {pk} {column}` or `poison record`), for diagnostics.
     pub referenced_by: BTreeMap<String, Vec<String>>,
+    /// Blobs holding the text of quarantined messages (`.poison/...`); also in `referenced`.
+    pub quarantined: BTreeSet<String>,
 }
 
 impl BlobAudit {
@@ -120,6 +129,12 @@ pub async fn blob_references_in(
         Err(e) => return Err(e),
     }
     let large = LargePayloads::new(blobs, container, container_url.to_owned());
+    let poison: Vec<String> =
+        audit.in_container.iter().filter(|b| b.starts_with(POISON_PREFIX)).cloned().collect();
+    for blob in poison {
+        audit.quarantined.insert(blob.clone());
+        audit.reference(blob, "poison record".to_owned());
+    }
 
     // (a) live History rows.
     let mut partitions: BTreeMap<String, Vec<TableEntity>> = BTreeMap::new();

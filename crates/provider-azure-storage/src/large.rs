@@ -40,17 +40,27 @@ impl LargePayloads {
     }
 
     /// Blob name of an oversized table property:
-    /// `{instance}/history-{RowKey}-{EventType}-{random X8}-{Property}.json.gz`. The random part
-    /// keeps two racing writers from overwriting each other's blob.
+    /// `{instance}/history-{RowKey}-{EventType}-{X16}-{Property}.json.gz`, where `X16` is the
+    /// FNV-1a 64 hash of the execution id and the value (DTF puts a random number there). Two
+    /// racing writers of different content still never overwrite each other's blob (different
+    /// names); a checkpoint that is retried after an ambiguous failure reuses its blob instead
+    /// of leaving one behind; and a new generation never shares a name with the previous one
+    /// (whose blobs it deletes).
     pub fn history_blob_name(
         instance_id: &str,
+        execution_id: &str,
         row_key: &str,
         kind: &str,
         property: &str,
+        value: &str,
     ) -> String {
-        let salt: u32 = rand::random();
+        let mut keyed = Vec::with_capacity(execution_id.len() + 1 + value.len());
+        keyed.extend_from_slice(execution_id.as_bytes());
+        keyed.push(0);
+        keyed.extend_from_slice(value.as_bytes());
+        let hash = fnv1a64(&keyed);
         format!(
-            "{}/history-{row_key}-{kind}-{salt:08X}-{property}.json.gz",
+            "{}/history-{row_key}-{kind}-{hash:016X}-{property}.json.gz",
             blob_segment(instance_id)
         )
     }
@@ -298,10 +308,29 @@ mod tests {
             LargePayloads::message_blob_name("a/b?", "0123abcd", "ExecutionStarted"),
             "a^0b^3/message-0123abcd-ExecutionStarted.json.gz"
         );
-        let h =
-            LargePayloads::history_blob_name("..", "000000000000000A", "TaskCompleted", "Result");
+        let h = LargePayloads::history_blob_name(
+            "..",
+            "e1",
+            "000000000000000A",
+            "TaskCompleted",
+            "Result",
+            "v",
+        );
         assert!(h.starts_with("^../history-000000000000000A-TaskCompleted-"), "{h}");
         assert!(h.ends_with("-Result.json.gz"));
+        let same = |exec: &str, v: &str| {
+            LargePayloads::history_blob_name(
+                "..",
+                exec,
+                "000000000000000A",
+                "TaskCompleted",
+                "Result",
+                v,
+            )
+        };
+        assert_eq!(h, same("e1", "v"), "a retried checkpoint reuses its blob");
+        assert_ne!(h, same("e2", "v"), "a new generation never shares a name");
+        assert_ne!(h, same("e1", "w"), "racing writers of different content never collide");
         assert_eq!(LargePayloads::instance_prefix("abc"), "abc/");
     }
 

@@ -463,7 +463,7 @@ const MAX_POISON_RECORD_BYTES: usize = 60 * 1024;
 /// Prefix of the blobs holding the text of quarantined messages too large for a poison record.
 /// Instance blob segments never start with `.` ([`crate::keys::blob_segment`]), so this prefix
 /// cannot collide with an instance's blobs.
-pub(crate) const POISON_BLOB_PREFIX: &str = ".poison/";
+pub(crate) const POISON_BLOB_PREFIX: &str = crate::audit::POISON_PREFIX;
 
 /// Decodes a received message, downloading a large envelope.
 pub(crate) async fn decode(

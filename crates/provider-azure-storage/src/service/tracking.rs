@@ -125,7 +125,14 @@ pub(crate) async fn event_entity(
             && LARGE_COLUMNS.contains(&key.as_str())
             && utf16_len(s) > max_property_bytes
         {
-            let name = LargePayloads::history_blob_name(instance_id, &row_key, event_type, &key);
+            let name = LargePayloads::history_blob_name(
+                instance_id,
+                execution_id,
+                &row_key,
+                event_type,
+                &key,
+                s,
+            );
             large.upload(&name, s.as_bytes()).await?;
             uploaded.push(HistoryBlob {
                 name: name.clone(),
@@ -265,8 +272,9 @@ pub(crate) struct WrittenHistory {
 /// Writes `events` at positions `start..` under the sentinel ETag, in chained batches of at most
 /// 99 rows (DTF `UpdateStateAsync`). Returns the new sentinel ETag and the blobs the new rows
 /// reference. `Conflict` (sentinel insert lost) and `PreconditionFailed` (stale ETag) mean
-/// another worker wrote this history; the blobs of batches that were refused that way are
-/// deleted again (no row references them).
+/// another worker wrote this history. Blobs uploaded for a write that failed stay: their names
+/// are derived from the content, so the retried checkpoint references them again, and a racing
+/// writer of the same content may already reference them.
 pub(crate) async fn write_history(
     inner: &Inner,
     instance_id: &str,
@@ -290,14 +298,7 @@ pub(crate) async fn write_history(
             &mut uploaded,
         )
         .await;
-        match row {
-            Ok(row) => rows.push(row),
-            Err(e) => {
-                // Nothing was written yet: the blobs uploaded so far belong to no row.
-                inner.large.delete_all(uploaded.into_iter().map(|b| b.name)).await;
-                return Err(e);
-            }
-        }
+        rows.push(row?);
     }
     let mut chunks: Vec<Vec<TableEntity>> = Vec::new();
     let mut current: Vec<TableEntity> = Vec::new();
@@ -315,7 +316,6 @@ pub(crate) async fn write_history(
     }
     chunks.push(current);
     let last = chunks.len() - 1;
-    let mut committed_names: Vec<String> = Vec::new();
     for (i, chunk) in chunks.into_iter().enumerate() {
         let complete = i == last;
         let mut sentinel = TableEntity::new(pk.clone(), SENTINEL_ROW_KEY)
@@ -325,7 +325,6 @@ pub(crate) async fn write_history(
             sentinel = sentinel.with("CheckpointCompletedTimestamp", EdmValue::DateTime(now));
         }
         let n = chunk.len();
-        let batch_names: Vec<String> = chunk.iter().flat_map(row_blob_names).collect();
         let mut ops: Vec<BatchOp> =
             chunk.into_iter().map(|e| BatchOp { mode: WriteMode::Upsert, entity: e }).collect();
         ops.push(BatchOp {
@@ -335,42 +334,11 @@ pub(crate) async fn write_history(
             },
             entity: sentinel,
         });
-        let etags = match inner.tables.batch(&inner.names.history_table, ops).await {
-            Ok(etags) => etags,
-            Err(e) => {
-                if matches!(
-                    e.kind(),
-                    StorageErrorKind::Conflict
-                        | StorageErrorKind::PreconditionFailed
-                        | StorageErrorKind::InvalidInput
-                ) {
-                    // Refused, not ambiguous: this batch and the later ones were never written.
-                    let unwritten: Vec<String> = uploaded
-                        .iter()
-                        .filter(|b| !committed_names.contains(&b.name))
-                        .map(|b| b.name.clone())
-                        .collect();
-                    inner.large.delete_all(unwritten).await;
-                }
-                return Err(e);
-            }
-        };
-        committed_names.extend(batch_names);
+        let etags = inner.tables.batch(&inner.names.history_table, ops).await?;
         etag = etags.get(n).cloned().flatten();
         tracing::debug!(instance_id, new_events = n, complete, "AppendedInstanceHistory");
     }
     Ok(WrittenHistory { sentinel_etag: etag, blobs: uploaded })
-}
-
-/// Blob names a row references through its `{Property}BlobName` columns.
-fn row_blob_names(row: &TableEntity) -> impl Iterator<Item = String> + '_ {
-    row.properties.iter().filter_map(|(k, v)| {
-        k.ends_with("BlobName")
-            .then(|| v.as_str())
-            .flatten()
-            .filter(|b| !b.is_empty())
-            .map(str::to_owned)
-    })
 }
 
 fn edm_size(v: &EdmValue) -> usize {
