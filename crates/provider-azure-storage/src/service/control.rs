@@ -944,6 +944,7 @@ async fn build(
                 sentinel_etag: c.sentinel_etag,
                 blobs: c.blobs,
                 row_blobs: c.row_blobs,
+                from_storage: false,
             },
             c.instance_etag,
             true,

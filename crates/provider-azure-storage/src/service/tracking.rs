@@ -213,6 +213,8 @@ pub(crate) struct LoadedHistory {
     /// The blobs the Instances row references, by column, when known (read with the row, or
     /// cached after the last write).
     pub(crate) row_blobs: Option<RowBlobs>,
+    /// Read from storage (so `blobs` lists every blob the live rows reference), not cached.
+    pub(crate) from_storage: bool,
 }
 
 /// Reads an instance's history (DTF `GetHistoryEventsAsync`): all rows of the partition, the
@@ -245,7 +247,7 @@ pub(crate) async fn read_history(inner: &Inner, instance_id: &str) -> StorageRes
         .and_then(|s| s.get_str("ExecutionId"))
         .or_else(|| rows.first().and_then(|r| r.get_str("ExecutionId")))
         .map(str::to_owned);
-    let mut out = LoadedHistory { sentinel_etag, ..LoadedHistory::default() };
+    let mut out = LoadedHistory { sentinel_etag, from_storage: true, ..LoadedHistory::default() };
     let Some(execution_id) = execution_id else {
         return Ok(out);
     };
@@ -511,6 +513,53 @@ pub(crate) async fn checkpoint_replaced_blobs(
         }
     }
     out
+}
+
+/// Deletes the blobs an interrupted earlier attempt of this instance's checkpoints left behind
+/// (it died or aborted between a commit and the deletes that follow it): `history-*` blobs no
+/// live History row references (`live_history` must list all of them: read from storage plus
+/// this checkpoint's uploads), and row-owned blobs of this execution or of the custom status that
+/// the Instances row (`row`, as just written) does not reference. Message blobs belong to queue
+/// messages and are never touched; row-owned blobs of other executions may belong to a Pending
+/// row being written by a client. Call only as the partition owner, after the checkpoint
+/// committed.
+pub(crate) async fn sweep_instance_blobs(
+    inner: &Inner,
+    instance_id: &str,
+    execution_id: &str,
+    live_history: &[String],
+    row: Option<&RowBlobs>,
+) {
+    let prefix = LargePayloads::instance_prefix(instance_id);
+    let names = match inner.large.list(&prefix).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(instance_id, error = %e, "GeneralWarning: listing the instance's blobs failed");
+            return;
+        }
+    };
+    let own_exec = format!("{prefix}instance-{execution_id}-");
+    let custom = format!("{prefix}instance-{CUSTOM_STATUS_COLUMN}-");
+    let stale: Vec<String> = names
+        .into_iter()
+        .filter(|n| {
+            if n[prefix.len()..].starts_with("history-") {
+                !live_history.contains(n)
+            } else if n.starts_with(&own_exec) || n.starts_with(&custom) {
+                row.is_some_and(|r| !r.iter().any(|(_, b)| b == n))
+            } else {
+                false
+            }
+        })
+        .collect();
+    if !stale.is_empty() {
+        tracing::warn!(
+            instance_id,
+            count = stale.len(),
+            "GeneralWarning: deleting blobs an interrupted checkpoint left behind"
+        );
+        inner.large.delete_all(stale).await;
+    }
 }
 
 /// After an insert of `row` failed because the row exists: deletes the row-owned blobs this

@@ -32,6 +32,7 @@ pub(crate) struct SessionToken {
     instance_exists: bool,
     history_blobs: Vec<String>,
     row_blobs: Option<tracking::RowBlobs>,
+    history_from_storage: bool,
     finished: AtomicBool,
     crashed: AtomicBool,
 }
@@ -410,6 +411,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                     instance_exists: p.instance_exists,
                     history_blobs: p.history.blobs,
                     row_blobs: p.history.row_blobs,
+                    history_from_storage: p.history.from_storage,
                     finished: AtomicBool::new(false),
                     crashed: AtomicBool::new(false),
                 }),
@@ -660,6 +662,12 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         } else {
             (Vec::new(), t.history_blobs.iter().cloned().chain(new_blobs).collect())
         };
+        // A history read from storage (not the owner's cache) means this process did not follow
+        // the instance's last checkpoints: an earlier attempt aborted or died, possibly between a
+        // commit and the deletes after it, or the partition moved. The owner then removes what
+        // such an attempt left behind (one listing; steady-state work items hit the cache).
+        let sweep = (t.history_from_storage && inner.partitions.is_owned(&t.queue))
+            .then(|| (live_blobs.clone(), row_blobs_now.clone()));
         // Only the owner caches: a partition lost during this checkpoint must not leave an entry
         // behind that would be stale when the partition comes back.
         if terminal || !inner.partitions.is_owned(&t.queue) {
@@ -680,6 +688,10 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         // Blobs of the previous generation and the row-owned blobs the Instances write replaced
         // go only after the new state committed.
         inner.large.delete_all(old_blobs.into_iter().chain(replaced_blobs)).await;
+        if let Some((live, row)) = sweep {
+            let exec = cp.state.orchestration_instance.execution_id.as_deref().unwrap_or_default();
+            tracking::sweep_instance_blobs(inner, id, exec, &live, row.as_ref()).await;
+        }
         Ok(())
     }
 

@@ -382,3 +382,81 @@ async fn purge_removes_every_blob_and_sub_orchestration_inputs_are_stored_once()
     assert!(blobs.is_empty(), "{blobs:?}");
     hub.stop().await;
 }
+
+/// Crashes once at `AfterInstances` in the `n`-th checkpoint of each listed instance.
+#[derive(Debug)]
+struct CrashOnce {
+    at: Vec<(String, usize)>,
+    seen: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl durabletask_azure_storage::CrashHook for CrashOnce {
+    fn crash_at(&self, point: durabletask_azure_storage::CrashPoint, instance_id: &str) -> bool {
+        if point != durabletask_azure_storage::CrashPoint::AfterInstances {
+            return false;
+        }
+        let Some((_, n)) = self.at.iter().find(|(id, _)| id == instance_id) else { return false };
+        let mut seen = self.seen.lock().unwrap();
+        let count = seen.entry(instance_id.to_owned()).or_default();
+        *count += 1;
+        *count == *n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_commit_and_blob_deletes_leaves_nothing_behind() {
+    let Some(acct) = account("blobs_crash_after_instances") else { return };
+    let mut settings = test_settings("blobcrash", 2);
+    settings.control_queue_visibility_timeout = Duration::from_secs(3);
+    let stack = StorageStack::azure(&acct, &settings);
+    // Checkpoint 2 of "Loop" is its first continue-as-new (the old generation's blobs are to be
+    // deleted after it); checkpoint 3 of "Status" replaces custom status 1 with 2.
+    let hook = Arc::new(CrashOnce {
+        at: vec![("crash-can".into(), 2), ("crash-status".into(), 3)],
+        seen: Default::default(),
+    });
+    let svc = AzureStorageOrchestrationService::with_test_hooks(
+        settings.clone(),
+        stack.clone(),
+        Arc::new(durabletask_core::SystemClock),
+        Some(hook),
+    )
+    .expect("provider");
+    let names = svc.resource_names().clone();
+    svc.create_if_not_exists().await.expect("create hub");
+    let mut hub = Hub {
+        client: TaskHubClient::new(Arc::new(svc.clone()))
+            .with_max_poll_interval(Duration::from_millis(200)),
+        svc,
+        worker: None,
+        stack,
+        names,
+        storage: AzureStorage::new(&acct, Duration::from_secs(20)),
+        account: acct.clone(),
+        settings,
+    };
+    hub.start_worker().await;
+    let out = hub.run("Loop", "crash-can", &(2u32, pad("c"))).await;
+    assert_eq!(out, "\"4:70002\"");
+    hub.client
+        .schedule_new_orchestration(
+            "Status",
+            &pad("s"),
+            StartOptions::with_instance_id("crash-status"),
+        )
+        .await
+        .expect("start");
+    crate::support::wait_for(Duration::from_secs(60), || async {
+        let s = hub.client.get_state_with("crash-status", false).await.unwrap()?;
+        s.status.as_deref().is_some_and(|c| c.starts_with("\"3:")).then_some(())
+    })
+    .await;
+    hub.client.raise_event("crash-status", "go", &"ok").await.expect("raise");
+    let state =
+        hub.client.wait_for_completion("crash-status", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(state.orchestration_status, OrchestrationStatus::Completed);
+    let audit = hub.exact("after crashes between commit and deletes").await;
+    assert_eq!(audit.blobs_of("crash-can").len(), 1, "{:?}", audit.blobs_of("crash-can"));
+    assert_eq!(audit.blobs_of("crash-status").len(), 2, "{:?}", audit.blobs_of("crash-status"));
+    hub.stop().await;
+}
