@@ -253,7 +253,21 @@ pub struct ControlQueueStats {
 
 struct Poller {
     cancel: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
+    /// Kept so the task is not detached silently; never aborted (see [`Poller::stop`]).
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Poller {
+    /// Asks the poll loop to stop and wakes it from its back-off. The task is not aborted: a
+    /// receive in progress completes and its messages are released at once (an aborted receive
+    /// left them invisible for the whole visibility timeout).
+    fn stop(self, inner: &Inner, queue: &str) {
+        self.cancel.store(true, Ordering::Release);
+        let index = inner.names.control_queues.iter().position(|q| q == queue);
+        if let Some(w) = index.and_then(|i| inner.control.wakers.get(i)) {
+            w.notify_one();
+        }
+    }
 }
 
 /// Control-queue state of one provider.
@@ -668,6 +682,9 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
             }
         };
         if received.is_empty() {
+            if cancel.load(Ordering::Acquire) {
+                return;
+            }
             let wait = backoff.next();
             drop(inner);
             tokio::select! {
@@ -721,14 +738,18 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
                 .cmp(&b.insertion_time.unix_timestamp())
                 .then(a.sequence_number.cmp(&b.sequence_number))
         });
-        if cancel.load(Ordering::Acquire) || !inner.partitions.is_owned(&queue) {
-            // Lost the partition while receiving: make the messages visible to the new owner.
-            release_messages(&inner, decoded);
-            return;
-        }
         let mut to_start = Vec::new();
         {
             let mut b = inner.control.lock();
+            // Checked under the buffer lock: `stop_poller` sets `cancel` before the listener
+            // drops the queue's buffered state under the same lock, so a batch is either
+            // buffered before that drop (and released by it) or released here.
+            if cancel.load(Ordering::Acquire) || !inner.partitions.is_owned(&queue) {
+                drop(b);
+                // Lost the partition while receiving: make the messages visible to the new owner.
+                release_messages(&inner, decoded);
+                return;
+            }
             for m in decoded {
                 let instance = m.message.orchestration_instance.instance_id.clone();
                 let list = b.pending.entry(instance.clone()).or_default();
@@ -765,13 +786,37 @@ pub(crate) fn release_messages(inner: &Arc<Inner>, messages: Vec<Buffered>) {
     }
     let inner = inner.clone();
     tokio::spawn(async move {
-        for m in messages {
-            let _ = inner
-                .queues
-                .update_message(&m.queue, &m.id, &m.pop_receipt, &m.text, Duration::ZERO)
-                .await;
-        }
+        let releases = messages.iter().map(|m| release_one(&inner, m));
+        futures::future::join_all(releases).await;
     });
+}
+
+/// Makes one message visible at once. A transient failure is retried a few times (a message
+/// that stays invisible costs its instance the whole visibility timeout); a message that is gone
+/// (deleted, or received again by someone else) needs nothing.
+async fn release_one(inner: &Inner, m: &Buffered) {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=4 {
+        match inner
+            .queues
+            .update_message(&m.queue, &m.id, &m.pop_receipt, &m.text, Duration::ZERO)
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if e.is_message_gone() => return,
+            Err(e) if attempt == 4 || !e.is_retryable() => {
+                tracing::warn!(
+                    queue = %m.queue, message_id = %m.id, error = %e,
+                    "MessageFailure: releasing a message failed; it reappears after its visibility timeout"
+                );
+                return;
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
 }
 
 /// Abandons messages with a visibility delay (out-of-order, deferred starts).
@@ -1322,8 +1367,7 @@ impl Listener {
         let poller = locked(&inner.control.pollers).remove(queue);
         inner.control.forget_poller(queue);
         if let Some(p) = poller {
-            p.cancel.store(true, Ordering::Release);
-            p.task.abort();
+            p.stop(inner, queue);
         }
     }
 
@@ -1387,10 +1431,9 @@ impl PartitionListener for Listener {
             partition.index,
             cancel.clone(),
         ));
-        let old = locked(&inner.control.pollers).insert(queue, Poller { cancel, task });
+        let old = locked(&inner.control.pollers).insert(queue, Poller { cancel, _task: task });
         if let Some(old) = old {
-            old.cancel.store(true, Ordering::Release);
-            old.task.abort();
+            old.stop(&inner, &partition.control_queue);
         }
     }
 
@@ -1418,11 +1461,10 @@ impl PartitionListener for Listener {
 
 /// Stops every poller (provider shutdown).
 pub(crate) fn stop_all_pollers(inner: &Inner) {
-    let pollers: Vec<Poller> = locked(&inner.control.pollers).drain().map(|(_, p)| p).collect();
+    let pollers: Vec<(String, Poller)> = locked(&inner.control.pollers).drain().collect();
     locked(&inner.control.activity).clear();
-    for p in pollers {
-        p.cancel.store(true, Ordering::Release);
-        p.task.abort();
+    for (queue, p) in pollers {
+        p.stop(inner, &queue);
     }
     inner.control.ready.notify_waiters();
 }

@@ -211,3 +211,108 @@ async fn stats_report_a_paused_poller_and_its_resumption() {
     svc.stop(false).await.expect("stop");
     svc.delete().await.expect("delete hub");
 }
+
+/// A queue store whose receives, while `slow` is set, take their messages and then answer only
+/// after `delay` (an emulator freeze or a slow network as the caller sees it).
+#[derive(Debug)]
+struct SlowReceives {
+    inner: Arc<AzureStorage>,
+    slow: Arc<std::sync::atomic::AtomicBool>,
+    received: Arc<tokio::sync::Notify>,
+    delay: Duration,
+}
+
+type SResult<T> = durabletask_azure_storage::storage::StorageResult<T>;
+
+#[async_trait::async_trait]
+impl QueueStore for SlowReceives {
+    async fn create_queue_if_not_exists(&self, q: &str) -> SResult<()> {
+        self.inner.create_queue_if_not_exists(q).await
+    }
+    async fn delete_queue_if_exists(&self, q: &str) -> SResult<()> {
+        self.inner.delete_queue_if_exists(q).await
+    }
+    async fn put_message(&self, q: &str, text: &str, vis: Duration) -> SResult<()> {
+        self.inner.put_message(q, text, vis).await
+    }
+    async fn get_messages(
+        &self,
+        q: &str,
+        max: u8,
+        vis: Duration,
+    ) -> SResult<Vec<durabletask_azure_storage::storage::ReceivedMessage>> {
+        let got = self.inner.get_messages(q, max, vis).await?;
+        if !got.is_empty() && self.slow.load(std::sync::atomic::Ordering::Acquire) {
+            self.received.notify_one();
+            tokio::time::sleep(self.delay).await;
+        }
+        Ok(got)
+    }
+    async fn delete_message(&self, q: &str, id: &str, receipt: &str) -> SResult<()> {
+        self.inner.delete_message(q, id, receipt).await
+    }
+    async fn update_message(
+        &self,
+        q: &str,
+        id: &str,
+        receipt: &str,
+        text: &str,
+        vis: Duration,
+    ) -> SResult<String> {
+        self.inner.update_message(q, id, receipt, text, vis).await
+    }
+    async fn approximate_message_count(&self, q: &str) -> SResult<u64> {
+        self.inner.approximate_message_count(q).await
+    }
+}
+
+/// Stopping a poller in the middle of a receive (shutdown, or a partition lost while the store
+/// is slow) must not strand the messages that receive took: they are released at once instead
+/// of staying invisible for the whole visibility timeout (the poll task used to be aborted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_stopped_during_a_receive_releases_what_it_received() {
+    let Some(acct) = account("stop_mid_receive") else { return };
+    let mut settings = test_settings("midrecv", 1);
+    settings.control_queue_visibility_timeout = Duration::from_secs(120);
+    let az = Arc::new(AzureStorage::new(&acct, Duration::from_secs(20)));
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let received = Arc::new(tokio::sync::Notify::new());
+    let names = durabletask_azure_storage::ResourceNames::new(&settings.task_hub_name, 1);
+    let stack = durabletask_azure_storage::StorageStack {
+        queues: Arc::new(SlowReceives {
+            inner: az.clone(),
+            slow: slow.clone(),
+            received: received.clone(),
+            delay: Duration::from_secs(3),
+        }),
+        tables: az.clone(),
+        blobs: az.clone(),
+        counters: az.counters(),
+        large_messages_container_url: acct.blob_container_url(&names.large_messages_container),
+    };
+    let svc = AzureStorageOrchestrationService::with_storage(settings, stack).expect("provider");
+    svc.create_if_not_exists().await.expect("create hub");
+    let text = envelope(
+        OrchestrationInstance::new("mid-1"),
+        time::Duration::ZERO,
+        EventKind::EventRaised { name: "x".into(), input: None },
+    );
+    az.put_message(&names.control_queues[0], &text, Duration::ZERO).await.expect("put");
+    svc.start().await.expect("start");
+    tokio::time::timeout(Duration::from_secs(60), received.notified())
+        .await
+        .expect("the poller received the message");
+    // The message is now invisible (taken by the slow receive); stop while it is in flight.
+    svc.stop(false).await.expect("stop");
+    slow.store(false, std::sync::atomic::Ordering::Release);
+    // Within a few seconds (the slow receive ends after 3 s) it is visible again.
+    let back = crate::support::wait_for(Duration::from_secs(20), || async {
+        let got =
+            az.get_messages(&names.control_queues[0], 1, Duration::from_secs(30)).await.ok()?;
+        got.into_iter().next()
+    })
+    .await;
+    assert_eq!(back.text, text);
+    assert!(back.dequeue_count >= 2, "received once by the stopped poller, once here");
+    svc.delete().await.expect("delete hub");
+}
