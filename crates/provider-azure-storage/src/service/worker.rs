@@ -583,7 +583,12 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         // Large Input/Output reference this checkpoint's History blobs (DTF 3.6/3.7); a large
         // custom status the row already references is not uploaded again.
         let stored_row_blobs = t.row_blobs.clone();
-        let stored: &[(String, String)] = stored_row_blobs.as_deref().unwrap_or_default();
+        // (Only under the row's ETag: then the row still references what it referenced.)
+        let stored: &[(String, String)] = if inner.settings.use_instance_table_etag {
+            stored_row_blobs.as_deref().unwrap_or_default()
+        } else {
+            &[]
+        };
         let ctx = tracking::RowBlobContext { history: &written.blobs, stored };
         // Also: the row-owned blobs the write replaced (deleted once it committed) and the blobs
         // the row references now.
