@@ -106,7 +106,17 @@ impl AzureStorageOrchestrationService {
             None => WriteMode::Insert,
         };
         let entity = row.entity.clone();
-        inner.tables.write(&inner.names.instances_table, BatchOp { mode, entity }).await?;
+        if let Err(e) =
+            inner.tables.write(&inner.names.instances_table, BatchOp { mode, entity }).await
+        {
+            // Refused: the row is someone else's, and the blobs named after this new execution
+            // are referenced by nothing (a retry uploads them again).
+            if matches!(e.kind(), StorageErrorKind::Conflict | StorageErrorKind::PreconditionFailed)
+            {
+                inner.large.delete_all(row.owned_blobs.clone()).await;
+            }
+            return Err(e);
+        }
         // The replaced row's own blobs (large custom status, failure text, Pending input) are
         // referenced by nothing now.
         if let Some(old) = existing {
