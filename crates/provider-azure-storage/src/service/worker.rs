@@ -670,9 +670,12 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         // A history read from storage (not the owner's cache) means this process did not follow
         // the instance's last checkpoints: an earlier attempt aborted or died, possibly between a
         // commit and the deletes after it, or the partition moved. The owner then removes what
-        // such an attempt left behind (one listing; steady-state work items hit the cache).
-        let sweep = (t.history_from_storage && inner.partitions.is_owned(&t.queue))
-            .then(|| (live_blobs.clone(), row_blobs_now.clone()));
+        // such an attempt left behind (one listing; steady-state work items hit the cache, and an
+        // instance without stored history has nothing to leave behind).
+        let sweep = (t.history_from_storage
+            && t.sentinel_etag.is_some()
+            && inner.partitions.is_owned(&t.queue))
+        .then(|| (live_blobs.clone(), row_blobs_now.clone()));
         // Only the owner caches: a partition lost during this checkpoint must not leave an entry
         // behind that would be stale when the partition comes back.
         if terminal || !inner.partitions.is_owned(&t.queue) {
