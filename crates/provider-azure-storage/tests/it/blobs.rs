@@ -460,3 +460,21 @@ async fn a_crash_between_commit_and_blob_deletes_leaves_nothing_behind() {
     assert_eq!(audit.blobs_of("crash-status").len(), 2, "{:?}", audit.blobs_of("crash-status"));
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_payloads_cost_no_blob_operations() {
+    let Some(acct) = account("blobs_small_payloads_cost") else { return };
+    let hub = Hub::new(&acct, "blobcost").await;
+    let before = hub.svc.storage_counters();
+    hub.run("Parent", "small-parent", &"small".to_owned()).await;
+    hub.run("Loop", "small-loop", &(3u32, "small".to_owned())).await;
+    hub.run("Quick", "small-quick", &()).await;
+    let d = hub.svc.storage_counters().since(&before);
+    use durabletask_azure_storage::storage::StorageOp;
+    assert!(d.get(StorageOp::TableBatch) >= 6, "the orchestrations ran: {:?}", d.non_zero());
+    for op in [StorageOp::BlobPut, StorageOp::BlobGet, StorageOp::BlobDelete, StorageOp::BlobList] {
+        assert_eq!(d.get(op), 0, "{op:?}: {:?}", d.non_zero());
+    }
+    hub.exact("small payloads").await;
+    hub.stop().await;
+}
