@@ -295,7 +295,7 @@ async fn large_output_is_stored_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_events_to_missing_or_purged_instances_leave_no_blob() {
     let Some(acct) = account("blobs_events_to_missing") else { return };
-    let mut hub = Hub::new(&acct, "blobevents").await;
+    let hub = Hub::new(&acct, "blobevents").await;
     // 1. An orchestration sends a large event to an instance that never existed.
     hub.run("Sender", "sender-1", &("ghost-1".to_owned(), pad("e"))).await;
     let audit = hub.exact("event to a missing instance").await;
@@ -309,9 +309,17 @@ async fn large_events_to_missing_or_purged_instances_leave_no_blob() {
     let audit = hub.exact("event to a purged instance").await;
     assert!(audit.blobs_of("target-1").is_empty());
 
-    // 3. The event was queued, then the purge deleted its blob before delivery: the message can
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_blob_was_purged_is_deleted_at_its_first_delivery() {
+    let Some(acct) = account("blobs_message_blob_purged") else { return };
+    let mut hub = Hub::new(&acct, "blobgone").await;
+    // The event was queued, then a purge deleted its blob before delivery: the message can
     // never be processed and is deleted at its first delivery (not retried and quarantined).
     // (target-2 does not exist at all, as after a purge.) The worker is down meanwhile.
+    hub.run("Quick", "warm-up", &()).await;
     hub.stop_worker().await;
     let blob = LargePayloads::message_blob_name("target-2", "0123456789abcdef", "EventRaised");
     let message = TaskMessage::new(
