@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 mod capture;
 mod conformance;
+mod instance_ids;
 mod partitions;
 mod provider;
 mod storage_layer;
