@@ -4,7 +4,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use durabletask_core::{
-    ClientError, OrchestrationQuery, OrchestrationStatus, PurgeFilter, StartOptions,
+    ClientError, OrchestrationQuery, OrchestrationStatus, PurgeFilter, PurgeTimeFilter,
+    StartOptions,
 };
 
 use super::{Harness, ProviderFactory, common_registry};
@@ -41,14 +42,10 @@ pub async fn purge_by_filter(f: &dyn ProviderFactory) {
     }
     let running = h.client.start_orchestration("WaitForever", &()).await.expect("start");
     h.wait_status(&running, OrchestrationStatus::Running).await;
-    let none =
-        PurgeFilter { created_from: before, created_to: Some(before), runtime_status: vec![] };
+    let none = PurgeFilter::new(PurgeTimeFilter::CreatedTime, before, Some(before));
     assert_eq!(h.client.purge_by_filter(&none).await.expect("purge").deleted_instance_count, 0);
-    let all = PurgeFilter {
-        created_from: before,
-        created_to: None,
-        runtime_status: vec![OrchestrationStatus::Completed, OrchestrationStatus::Running],
-    };
+    let all = PurgeFilter::new(PurgeTimeFilter::CreatedTime, before, None)
+        .with_statuses([OrchestrationStatus::Completed, OrchestrationStatus::Running]);
     assert_eq!(h.client.purge_by_filter(&all).await.expect("purge").deleted_instance_count, 3);
     for id in &done {
         assert!(h.client.get_state(id).await.expect("state").is_none());
