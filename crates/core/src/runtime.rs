@@ -162,8 +162,13 @@ pub fn process_work_item(
 
     loop {
         let result = replay::execute(registry, state.past_events(), state.new_events())?;
+        // As DTF's executor: every event it processed is marked played, except
+        // `OrchestratorStarted`, which only sets the orchestration's clock (DTF skips it).
         for e in state.new_events_mut() {
-            e.is_played = true;
+            if !matches!(e.kind, EventKind::OrchestratorStarted | EventKind::OrchestratorCompleted)
+            {
+                e.is_played = true;
+            }
         }
         let started = state
             .execution_started()

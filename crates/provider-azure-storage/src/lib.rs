@@ -26,5 +26,8 @@ pub mod storage;
 
 pub use error::{Error, Result};
 pub use naming::{ResourceNames, TaskHubName};
-pub use service::{AzureStorageOrchestrationService, CrashHook, CrashPoint, HubInfo, StorageStack};
+pub use service::{
+    AzureStorageOrchestrationService, ControlQueueStats, CrashHook, CrashPoint, HubInfo,
+    ProviderStats, StorageStack,
+};
 pub use settings::{AzureStorageSettings, PartitionManagerKind};

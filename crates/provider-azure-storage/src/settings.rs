@@ -65,6 +65,11 @@ pub struct AzureStorageSettings {
     /// call counts as failed (DTF `PartitionTableOperationTimeout`, default 2 s). Raise it for a
     /// slow emulator: a renewal that keeps timing out gives the partition up.
     pub partition_table_operation_timeout: Duration,
+    /// How long a well-formed queue message of a *newer* envelope format version (written by an
+    /// upgraded worker during a rolling upgrade) is abandoned with back-off, waiting for an
+    /// upgraded worker to take it, before it is moved to the poison queue (not a DTF setting;
+    /// default 1 h; zero quarantines at the first delivery).
+    pub newer_version_quarantine_age: Duration,
     /// Skip the ExecutionStarted de-duplication of 3.12 (default false).
     pub disable_execution_started_deduplication: bool,
     /// Process messages sent to completed/failed/terminated instances (default false).
@@ -109,6 +114,7 @@ impl AzureStorageSettings {
             max_message_bytes: 32 * 1024 * 1024,
             storage_operation_timeout: Duration::from_secs(30),
             partition_table_operation_timeout: Duration::from_secs(2),
+            newer_version_quarantine_age: Duration::from_secs(3600),
             disable_execution_started_deduplication: false,
             allow_replaying_terminal_instances: false,
             use_instance_table_etag: true,

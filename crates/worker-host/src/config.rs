@@ -110,6 +110,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "DTF_LEASE_RENEW_INTERVAL_SECS",
     "DTF_LEASE_ACQUIRE_INTERVAL_SECS",
     "DTF_PARTITION_TABLE_OPERATION_TIMEOUT_MS",
+    "DTF_NEWER_VERSION_QUARANTINE_AGE_SECS",
 ];
 
 /// The task hub used when `DTF_TASK_HUB` is not set (DTF's default is "Default").
@@ -208,6 +209,7 @@ impl HostSettings {
                 Duration::from_millis(parse_num("DTF_PARTITION_TABLE_OPERATION_TIMEOUT_MS", v)?);
         }
         for (name, field) in [
+            ("DTF_NEWER_VERSION_QUARANTINE_AGE_SECS", &mut p.newer_version_quarantine_age),
             ("DTF_LEASE_INTERVAL_SECS", &mut p.lease_interval),
             ("DTF_LEASE_RENEW_INTERVAL_SECS", &mut p.lease_renew_interval),
             ("DTF_LEASE_ACQUIRE_INTERVAL_SECS", &mut p.lease_acquire_interval),

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
 use crate::config::{ConfigError, HostSettings};
-use crate::hub::{HubStatus, azure_service};
+use crate::hub::{HubStatus, ProcessingStatus, azure_service};
 
 /// Errors of the worker host.
 #[derive(Debug, thiserror::Error)]
@@ -266,6 +266,10 @@ pub struct Health {
     pub owned_partitions: Vec<String>,
     /// Queue lengths and partitions of the task hub (Azure Storage only).
     pub hub: Option<HubStatus>,
+    /// The provider's in-memory processing state: held messages and pollers (Azure Storage
+    /// only). The host is not ready when bookkeeping leaked or an owned partition's poller has
+    /// not received for longer than the lease interval.
+    pub processing: Option<ProcessingStatus>,
     /// Why the host is not ready, if it is not.
     pub error: Option<String>,
 }
@@ -315,9 +319,30 @@ impl TaskHubWorker {
             started_at: self.started_at,
             owned_partitions: Vec::new(),
             hub: None,
+            processing: None,
             error: None,
         };
         if let Some(svc) = &self.azure {
+            let stats = svc.stats();
+            let limit = svc.azure_settings().lease_interval;
+            let silent = stats.control_queues.iter().find(|q| {
+                q.since_last_receive.is_some_and(|d| d > limit)
+                    || q.paused_for.is_some_and(|d| d > limit)
+            });
+            if let Some(q) = silent {
+                health.ready = false;
+                health.error = Some(format!(
+                    "control queue {} has not been received from for longer than the lease interval ({limit:?})",
+                    q.control_queue
+                ));
+            } else if stats.leaked_messages() > 0 {
+                health.ready = false;
+                health.error = Some(format!(
+                    "{} held messages are neither buffered nor in flight",
+                    stats.leaked_messages()
+                ));
+            }
+            health.processing = Some(ProcessingStatus::from(stats));
             match svc.hub_info().await {
                 Ok(info) => {
                     let status = HubStatus::from(info);

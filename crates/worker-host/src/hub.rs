@@ -63,3 +63,57 @@ impl From<HubInfo> for HubStatus {
         }
     }
 }
+
+/// What the provider's control-queue side is doing, from its in-memory bookkeeping (no storage
+/// calls). Serializable for health endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessingStatus {
+    /// Messages held in memory; polling pauses at `control_queue_buffer_threshold` of these.
+    pub held_messages: usize,
+    /// Messages waiting for their instance's next work item.
+    pub buffered_messages: usize,
+    /// Messages in a prefetch, a prepared or a locked work item.
+    pub in_flight_messages: usize,
+    /// Held messages that are neither buffered nor in flight (always 0 unless bookkeeping leaked).
+    pub leaked_messages: usize,
+    /// Locked activity work items.
+    pub active_activities: usize,
+    /// One entry per owned control queue with a running poller.
+    pub pollers: Vec<PollerStatus>,
+}
+
+/// One control-queue poller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PollerStatus {
+    /// The control queue.
+    pub control_queue: String,
+    /// Milliseconds since its last successful receive, if any.
+    pub ms_since_last_receive: Option<u64>,
+    /// Milliseconds it has been paused at the buffer threshold, while it is.
+    pub ms_paused: Option<u64>,
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<durabletask_azure_storage::ProviderStats> for ProcessingStatus {
+    fn from(s: durabletask_azure_storage::ProviderStats) -> Self {
+        Self {
+            held_messages: s.held_messages,
+            buffered_messages: s.buffered_messages,
+            in_flight_messages: s.in_flight_messages,
+            leaked_messages: s.leaked_messages(),
+            active_activities: s.active_activities,
+            pollers: s
+                .control_queues
+                .into_iter()
+                .map(|q| PollerStatus {
+                    ms_since_last_receive: q.since_last_receive.map(millis),
+                    ms_paused: q.paused_for.map(millis),
+                    control_queue: q.control_queue,
+                })
+                .collect(),
+        }
+    }
+}

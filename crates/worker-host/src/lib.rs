@@ -26,5 +26,5 @@ mod tracing_setup;
 
 pub use config::{ConfigError, DEFAULT_TASK_HUB, HostSettings, KNOWN_VARS, StorageConnection};
 pub use host::{DEFAULT_DRAIN_TIMEOUT, Health, HostError, TaskHubWorker, TaskHubWorkerBuilder};
-pub use hub::{HubStatus, QueueLength, azure_service};
+pub use hub::{HubStatus, PollerStatus, ProcessingStatus, QueueLength, azure_service};
 pub use tracing_setup::init_tracing;

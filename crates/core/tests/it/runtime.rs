@@ -76,7 +76,11 @@ fn first_episode_schedules_and_checkpoints() {
         Some("exec")
     );
     assert_eq!(cp.state.orchestration_status, OrchestrationStatus::Running);
-    assert!(cp.runtime_state.new_events()[1].is_played);
+    assert!(cp.runtime_state.new_events()[1].is_played, "ExecutionStarted was played");
+    // As in DTF: OrchestratorStarted only sets the clock and is never marked played; events
+    // appended from the episode's decisions are not played yet.
+    assert!(!cp.runtime_state.new_events()[0].is_played, "OrchestratorStarted");
+    assert!(!cp.runtime_state.new_events()[2].is_played, "TaskScheduled");
 
     let with_params = run(
         OrchestrationRuntimeState::new(),

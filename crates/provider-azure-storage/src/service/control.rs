@@ -24,7 +24,7 @@ use durabletask_partition_manager::{Partition, PartitionListener};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
@@ -117,12 +117,7 @@ pub(crate) struct CachedInstance {
     pub(crate) sentinel_etag: Option<String>,
     pub(crate) instance_etag: Option<String>,
     pub(crate) blobs: Vec<String>,
-    /// Status and custom status of the Instances row as last written.
-    pub(crate) row_view: Option<RowView>,
 }
-
-/// What the Instances row shows: status and custom status.
-pub(crate) type RowView = (OrchestrationStatus, Option<String>);
 
 /// A work item ready to be locked.
 #[derive(Debug)]
@@ -133,28 +128,121 @@ pub(crate) struct Prepared {
     pub(crate) history: LoadedHistory,
     pub(crate) instance_etag: Option<String>,
     pub(crate) instance_exists: bool,
-    pub(crate) row_view: Option<RowView>,
+}
+
+/// An instance with a prefetch, a prepared or a locked work item.
+#[derive(Debug)]
+struct Busy {
+    queue: String,
+    /// Messages in that work item (the batch while prefetching; the kept ones afterwards).
+    messages: usize,
 }
 
 #[derive(Default)]
 struct Buffers {
     /// Messages waiting for the instance's next work item.
     pending: HashMap<String, Vec<Buffered>>,
-    /// Instances with a prefetch, a prepared or a locked work item, and their queue.
-    busy: HashMap<String, String>,
+    /// Instances with a prefetch, a prepared or a locked work item.
+    busy: HashMap<String, Busy>,
     /// Work items ready to lock, FIFO.
     prepared: VecDeque<Prepared>,
-    /// Ids of every message held in memory (threshold and duplicate detection).
-    held: HashSet<String>,
+    /// Every message held in memory, by id, with the number of copies held (a redelivery of a
+    /// message that is in a locked work item is a second copy). The buffer threshold counts these;
+    /// it is kept apart from `pending` and `busy` so that [`ControlState::stats`] can check the
+    /// two bookkeepings against each other (a difference is a leak).
+    held: HashMap<String, u32>,
+    /// Total of `held`'s counts.
+    held_total: usize,
     /// History cache of the partition owner.
     cache: HashMap<String, CachedInstance>,
     /// Instances whose next prefetch must read storage (a cached assumption failed).
     force_read: HashSet<String>,
 }
 
+impl Buffers {
+    fn hold(&mut self, id: &str) {
+        *self.held.entry(id.to_owned()).or_insert(0) += 1;
+        self.held_total += 1;
+    }
+
+    fn unhold(&mut self, id: &str) {
+        if let Some(n) = self.held.get_mut(id) {
+            *n -= 1;
+            self.held_total -= 1;
+            if *n == 0 {
+                self.held.remove(id);
+            }
+        }
+    }
+}
+
+/// What a control-queue poller last did (for [`ProviderStats`]).
+#[derive(Debug, Default)]
+struct PollerActivity {
+    last_receive: Option<Instant>,
+    paused_since: Option<Instant>,
+}
+
+/// In-memory state of a provider's control-queue side, for health endpoints and the chaos
+/// auditor. Taken under one lock, so the numbers are consistent with each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProviderStats {
+    /// Messages held in memory; the poller pauses at `control_queue_buffer_threshold` of these.
+    pub held_messages: usize,
+    /// Messages waiting in per-instance buffers for their instance's next work item.
+    pub buffered_messages: usize,
+    /// Messages in a prefetch, a prepared or a locked work item.
+    pub in_flight_messages: usize,
+    /// Instances with a prefetch, a prepared or a locked work item.
+    pub busy_instances: usize,
+    /// Prepared work items waiting to be locked.
+    pub prepared_work_items: usize,
+    /// Histories cached by the partition owner.
+    pub cached_histories: usize,
+    /// Activity work items locked and not yet completed or abandoned.
+    pub active_activities: usize,
+    /// One entry per control queue with a running poller.
+    pub control_queues: Vec<ControlQueueStats>,
+}
+
+impl ProviderStats {
+    /// Held messages that are neither buffered nor in flight: always 0 unless bookkeeping leaked
+    /// (a leak eventually pauses every poller for good).
+    pub fn leaked_messages(&self) -> usize {
+        self.held_messages.saturating_sub(self.buffered_messages + self.in_flight_messages)
+    }
+}
+
+/// What one control-queue poller is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ControlQueueStats {
+    /// The control queue.
+    pub control_queue: String,
+    /// Time since the poller's last successful receive (empty or not); `None` before the first.
+    pub since_last_receive: Option<Duration>,
+    /// How long the poller has been paused at the buffer threshold, while it is.
+    pub paused_for: Option<Duration>,
+}
+
 struct Poller {
     cancel: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
+    /// Kept so the task is not detached silently; never aborted (see [`Poller::stop`]).
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Poller {
+    /// Asks the poll loop to stop and wakes it from its back-off. The task is not aborted: a
+    /// receive in progress completes and its messages are released at once (an aborted receive
+    /// left them invisible for the whole visibility timeout).
+    fn stop(self, inner: &Inner, queue: &str) {
+        self.cancel.store(true, Ordering::Release);
+        let index = inner.names.control_queues.iter().position(|q| q == queue);
+        if let Some(w) = index.and_then(|i| inner.control.wakers.get(i)) {
+            w.notify_one();
+        }
+    }
 }
 
 /// Control-queue state of one provider.
@@ -163,6 +251,7 @@ pub(crate) struct ControlState {
     ready: Notify,
     wakers: Vec<Arc<Notify>>,
     pollers: Mutex<HashMap<String, Poller>>,
+    activity: Mutex<HashMap<String, PollerActivity>>,
     pub(crate) stopped: AtomicBool,
 }
 
@@ -173,12 +262,66 @@ impl ControlState {
             ready: Notify::new(),
             wakers: names.control_queues.iter().map(|_| Arc::new(Notify::new())).collect(),
             pollers: Mutex::new(HashMap::new()),
+            activity: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Buffers> {
         locked(&self.buffers)
+    }
+
+    /// The control-queue side's bookkeeping, for health and audits.
+    pub(crate) fn stats(&self, active_activities: usize) -> ProviderStats {
+        let now = Instant::now();
+        let pollers: Vec<String> = locked(&self.pollers).keys().cloned().collect();
+        let mut control_queues: Vec<ControlQueueStats> = {
+            let activity = locked(&self.activity);
+            pollers
+                .into_iter()
+                .map(|q| {
+                    let a = activity.get(&q);
+                    ControlQueueStats {
+                        since_last_receive: a
+                            .and_then(|a| a.last_receive)
+                            .map(|t| now.saturating_duration_since(t)),
+                        paused_for: a
+                            .and_then(|a| a.paused_since)
+                            .map(|t| now.saturating_duration_since(t)),
+                        control_queue: q,
+                    }
+                })
+                .collect()
+        };
+        control_queues.sort_by(|a, b| a.control_queue.cmp(&b.control_queue));
+        let b = self.lock();
+        ProviderStats {
+            held_messages: b.held_total,
+            buffered_messages: b.pending.values().map(Vec::len).sum(),
+            in_flight_messages: b.busy.values().map(|x| x.messages).sum(),
+            busy_instances: b.busy.len(),
+            prepared_work_items: b.prepared.len(),
+            cached_histories: b.cache.len(),
+            active_activities,
+            control_queues,
+        }
+    }
+
+    fn record_receive(&self, queue: &str) {
+        let mut a = locked(&self.activity);
+        let e = a.entry(queue.to_owned()).or_default();
+        e.last_receive = Some(Instant::now());
+        e.paused_since = None;
+    }
+
+    fn record_pause(&self, queue: &str) {
+        let mut a = locked(&self.activity);
+        let e = a.entry(queue.to_owned()).or_default();
+        e.paused_since.get_or_insert_with(Instant::now);
+    }
+
+    fn forget_poller(&self, queue: &str) {
+        locked(&self.activity).remove(queue);
     }
 
     /// Resets the poll back-off of a control queue after a local send.
@@ -233,7 +376,7 @@ impl ControlState {
         let next = {
             let mut b = inner.control.lock();
             for id in message_ids {
-                b.held.remove(id);
+                b.unhold(id);
             }
             b.busy.remove(instance_id);
             take_batch(&mut b, instance_id)
@@ -249,8 +392,8 @@ fn take_batch(b: &mut Buffers, instance_id: &str) -> Option<(String, Vec<Buffere
         return None;
     }
     let batch = b.pending.remove(instance_id)?;
-    let queue = batch.first()?.queue.clone();
-    b.busy.insert(instance_id.to_owned(), queue.clone());
+    let queue = batch.first().map(|m| m.queue.clone())?;
+    b.busy.insert(instance_id.to_owned(), Busy { queue: queue.clone(), messages: batch.len() });
     Some((queue, batch))
 }
 
@@ -281,19 +424,31 @@ pub(crate) enum DecodeFailure {
     /// The message itself is bad (foreign, malformed, truncated, its blob missing or corrupt):
     /// decoding it again gives the same result, so it is quarantined after repeated deliveries.
     Malformed(String),
-    /// Decoding needs something that is unavailable right now (a blob download failed, or the
-    /// envelope is from a newer version, whose workers may be rolling out): back off, never
-    /// quarantine.
+    /// Decoding needs something that is unavailable right now (a blob download failed): back
+    /// off, never quarantine.
     Unavailable(String),
+    /// A well-formed envelope of a newer format version, written by an upgraded worker during a
+    /// rolling upgrade: back off so an upgraded worker can take it, and quarantine it once it is
+    /// older than `newer_version_quarantine_age` (no upgraded worker came for it).
+    NewerVersion(String),
 }
 
 impl DecodeFailure {
     fn reason(&self) -> &str {
         match self {
-            Self::Malformed(r) | Self::Unavailable(r) => r,
+            Self::Malformed(r) | Self::Unavailable(r) | Self::NewerVersion(r) => r,
         }
     }
 }
+
+/// Largest poison record put on the poison queue as is (the queue service takes 64 KiB); a
+/// larger one keeps the original text in a blob and references it.
+const MAX_POISON_RECORD_BYTES: usize = 60 * 1024;
+
+/// Prefix of the blobs holding the text of quarantined messages too large for a poison record.
+/// Instance blob segments never start with `.` ([`crate::keys::blob_segment`]), so this prefix
+/// cannot collide with an instance's blobs.
+pub(crate) const POISON_BLOB_PREFIX: &str = ".poison/";
 
 /// Decodes a received message, downloading a large envelope.
 pub(crate) async fn decode(
@@ -301,7 +456,9 @@ pub(crate) async fn decode(
     m: &ReceivedMessage,
 ) -> Result<MessageData, DecodeFailure> {
     let envelope_failure = |e: EnvelopeError| match e {
-        EnvelopeError::UnsupportedVersion(_) => DecodeFailure::Unavailable(e.to_string()),
+        EnvelopeError::UnsupportedVersion(v) if v > crate::envelope::ENVELOPE_VERSION => {
+            DecodeFailure::NewerVersion(e.to_string())
+        }
         other => DecodeFailure::Malformed(other.to_string()),
     };
     let data = MessageData::decode_text(&m.text).map_err(envelope_failure)?;
@@ -328,8 +485,10 @@ pub(crate) async fn decode(
 /// Handles a message that cannot be decoded. A malformed message backs off and is quarantined in
 /// the poison queue once it has been delivered [`QUARANTINE_DEQUEUE_COUNT`] times (decoding is
 /// deterministic, so earlier deliveries that failed for other reasons do not matter: it would
-/// fail the same way). A message that is only unavailable now is abandoned with a short back-off
-/// and never quarantined. The worker keeps running either way.
+/// fail the same way). A message of a newer format version backs off the same way and is
+/// quarantined once it is older than `newer_version_quarantine_age`. A message that is only
+/// unavailable now is abandoned with a short back-off and never quarantined. The worker keeps
+/// running either way.
 pub(crate) async fn undecodable(
     inner: &Inner,
     queue: &str,
@@ -337,39 +496,25 @@ pub(crate) async fn undecodable(
     failure: &DecodeFailure,
 ) {
     let reason = failure.reason();
-    if let DecodeFailure::Unavailable(_) = failure {
-        let delay = poison_backoff(m.dequeue_count).min(Duration::from_secs(30));
-        tracing::warn!(
-            queue, message_id = %m.id, dequeue_count = m.dequeue_count, reason,
-            delay_secs = delay.as_secs(), "MessageFailure: cannot decode message now; abandoning"
-        );
-        let _ = inner.queues.update_message(queue, &m.id, &m.pop_receipt, &m.text, delay).await;
-        return;
-    }
-    if m.dequeue_count >= QUARANTINE_DEQUEUE_COUNT {
-        let record = serde_json::json!({
-            "sourceQueue": queue,
-            "messageId": m.id,
-            "dequeueCount": m.dequeue_count,
-            "insertionTime": m.insertion_time.unix_timestamp(),
-            "reason": reason,
-            "text": m.text,
-        })
-        .to_string();
-        let poison = &inner.names.poison_queue;
-        match inner.queues.put_message(poison, &record, Duration::ZERO).await {
-            Ok(()) => {
-                tracing::error!(
-                    queue, message_id = %m.id, dequeue_count = m.dequeue_count, reason,
-                    poison_queue = %poison,
-                    "PoisonMessageDetected: undecodable message quarantined"
-                );
-                let _ = inner.queues.delete_message(queue, &m.id, &m.pop_receipt).await;
-            }
-            Err(e) => {
-                tracing::error!(queue, message_id = %m.id, error = %e, "MessageFailure: quarantine failed");
-            }
+    let quarantine_now = match failure {
+        DecodeFailure::Unavailable(_) => {
+            let delay = poison_backoff(m.dequeue_count).min(Duration::from_secs(30));
+            tracing::warn!(
+                queue, message_id = %m.id, dequeue_count = m.dequeue_count, reason,
+                delay_secs = delay.as_secs(), "MessageFailure: cannot decode message now; abandoning"
+            );
+            let _ = inner.queues.update_message(queue, &m.id, &m.pop_receipt, &m.text, delay).await;
+            return;
         }
+        DecodeFailure::NewerVersion(_) => {
+            let age = inner.clock.now() - m.insertion_time;
+            Duration::try_from(age).unwrap_or(Duration::ZERO)
+                >= inner.settings.newer_version_quarantine_age
+        }
+        DecodeFailure::Malformed(_) => m.dequeue_count >= QUARANTINE_DEQUEUE_COUNT,
+    };
+    if quarantine_now {
+        quarantine(inner, queue, m, reason).await;
         return;
     }
     let delay = poison_backoff(m.dequeue_count);
@@ -378,6 +523,45 @@ pub(crate) async fn undecodable(
         delay_secs = delay.as_secs(), "MessageFailure: cannot decode message; abandoning"
     );
     let _ = inner.queues.update_message(queue, &m.id, &m.pop_receipt, &m.text, delay).await;
+}
+
+/// Moves a message to the poison queue: a JSON record with the original text, or, when the record
+/// would not fit in a queue message, with the text in a blob under [`POISON_BLOB_PREFIX`]
+/// (`textBlob`). The source message is deleted only after the record was written.
+async fn quarantine(inner: &Inner, queue: &str, m: &ReceivedMessage, reason: &str) {
+    let mut record = serde_json::json!({
+        "sourceQueue": queue,
+        "messageId": m.id,
+        "dequeueCount": m.dequeue_count,
+        "insertionTime": m.insertion_time.unix_timestamp(),
+        "reason": reason,
+        "text": m.text,
+    });
+    if record.to_string().len() > MAX_POISON_RECORD_BYTES {
+        let blob =
+            format!("{POISON_BLOB_PREFIX}{queue}/{}.txt.gz", crate::keys::blob_segment(&m.id));
+        if let Err(e) = inner.large.upload(&blob, m.text.as_bytes()).await {
+            tracing::error!(queue, message_id = %m.id, error = %e, "MessageFailure: quarantine failed (text blob)");
+            return;
+        }
+        record["text"] = serde_json::Value::Null;
+        record["textLength"] = m.text.len().into();
+        record["textBlob"] = blob.into();
+    }
+    let poison = &inner.names.poison_queue;
+    match inner.queues.put_message(poison, &record.to_string(), Duration::ZERO).await {
+        Ok(()) => {
+            tracing::error!(
+                queue, message_id = %m.id, dequeue_count = m.dequeue_count, reason,
+                poison_queue = %poison,
+                "PoisonMessageDetected: undecodable message quarantined"
+            );
+            let _ = inner.queues.delete_message(queue, &m.id, &m.pop_receipt).await;
+        }
+        Err(e) => {
+            tracing::error!(queue, message_id = %m.id, error = %e, "MessageFailure: quarantine failed");
+        }
+    }
 }
 
 /// When a message is not due yet (timers, delayed starts), how long it should stay hidden.
@@ -426,8 +610,9 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
         if inner.control.stopped.load(Ordering::Acquire) {
             return;
         }
-        let held = inner.control.lock().held.len();
+        let held = inner.control.lock().held_total;
         if held >= inner.settings.control_queue_buffer_threshold {
+            inner.control.record_pause(&queue);
             if !limit_logged {
                 tracing::info!(queue, held, "PendingOrchestratorMessageLimitReached");
                 limit_logged = true;
@@ -446,7 +631,10 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
             )
             .await;
         let received = match received {
-            Ok(r) => r,
+            Ok(r) => {
+                inner.control.record_receive(&queue);
+                r
+            }
             Err(e) => {
                 tracing::warn!(queue, error = %e, "MessageFailure: control queue receive failed");
                 drop(inner);
@@ -455,6 +643,9 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
             }
         };
         if received.is_empty() {
+            if cancel.load(Ordering::Acquire) {
+                return;
+            }
             let wait = backoff.next();
             drop(inner);
             tokio::select! {
@@ -506,14 +697,18 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
                 .cmp(&b.insertion_time.unix_timestamp())
                 .then(a.sequence_number.cmp(&b.sequence_number))
         });
-        if cancel.load(Ordering::Acquire) || !inner.partitions.is_owned(&queue) {
-            // Lost the partition while receiving: make the messages visible to the new owner.
-            release_messages(&inner, decoded);
-            return;
-        }
         let mut to_start = Vec::new();
         {
             let mut b = inner.control.lock();
+            // Checked under the buffer lock: `stop_poller` sets `cancel` before the listener
+            // drops the queue's buffered state under the same lock, so a batch is either
+            // buffered before that drop (and released by it) or released here.
+            if cancel.load(Ordering::Acquire) || !inner.partitions.is_owned(&queue) {
+                drop(b);
+                // Lost the partition while receiving: make the messages visible to the new owner.
+                release_messages(&inner, decoded);
+                return;
+            }
             for m in decoded {
                 let instance = m.message.orchestration_instance.instance_id.clone();
                 let list = b.pending.entry(instance.clone()).or_default();
@@ -521,7 +716,7 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
                     tracing::warn!(message_id = %m.id, instance_id = %instance, "DuplicateMessageDetected: newer delivery replaces the buffered copy");
                     *existing = m;
                 } else {
-                    b.held.insert(m.id.clone());
+                    b.hold(&m.id);
                     b.pending.entry(instance.clone()).or_default().push(m);
                 }
                 if !to_start.contains(&instance) {
@@ -542,26 +737,45 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
     }
 }
 
-/// Makes messages visible again at once (best effort) and forgets them.
+/// Makes messages visible again at once (best effort). The caller does the bookkeeping of
+/// `held` and `busy` ([`ControlState::finish`] for a work item's messages).
 pub(crate) fn release_messages(inner: &Arc<Inner>, messages: Vec<Buffered>) {
     if messages.is_empty() {
         return;
     }
-    {
-        let mut b = inner.control.lock();
-        for m in &messages {
-            b.held.remove(&m.id);
-        }
-    }
     let inner = inner.clone();
     tokio::spawn(async move {
-        for m in messages {
-            let _ = inner
-                .queues
-                .update_message(&m.queue, &m.id, &m.pop_receipt, &m.text, Duration::ZERO)
-                .await;
-        }
+        let releases = messages.iter().map(|m| release_one(&inner, m));
+        futures::future::join_all(releases).await;
     });
+}
+
+/// Makes one message visible at once. A transient failure is retried a few times (a message
+/// that stays invisible costs its instance the whole visibility timeout); a message that is gone
+/// (deleted, or received again by someone else) needs nothing.
+async fn release_one(inner: &Inner, m: &Buffered) {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=4 {
+        match inner
+            .queues
+            .update_message(&m.queue, &m.id, &m.pop_receipt, &m.text, Duration::ZERO)
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if e.is_message_gone() => return,
+            Err(e) if attempt == 4 || !e.is_retryable() => {
+                tracing::warn!(
+                    queue = %m.queue, message_id = %m.id, error = %e,
+                    "MessageFailure: releasing a message failed; it reappears after its visibility timeout"
+                );
+                return;
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
 }
 
 /// Abandons messages with a visibility delay (out-of-order, deferred starts).
@@ -664,7 +878,23 @@ async fn prefetch(inner: &Arc<Inner>, instance_id: String, queue: String, batch:
     match build(inner, &instance_id, &queue, batch).await {
         Ok(Some(prepared)) => {
             if inner.partitions.is_owned(&queue) && !inner.control.stopped.load(Ordering::Acquire) {
-                inner.control.lock().prepared.push_back(prepared);
+                let mut b = inner.control.lock();
+                // The batch's discarded and deferred messages leave memory now; only the kept
+                // ones stay held until the work item ends.
+                let mut kept: Vec<&str> = prepared.messages.iter().map(|m| m.id.as_str()).collect();
+                for id in &ids {
+                    match kept.iter().position(|k| k == id) {
+                        Some(i) => {
+                            kept.swap_remove(i);
+                        }
+                        None => b.unhold(id),
+                    }
+                }
+                if let Some(busy) = b.busy.get_mut(&instance_id) {
+                    busy.messages = prepared.messages.len();
+                }
+                b.prepared.push_back(prepared);
+                drop(b);
                 inner.control.ready.notify_one();
             } else {
                 release_messages(inner, prepared.messages);
@@ -705,7 +935,6 @@ async fn build(
     };
 
     // History: the owner's cache, or storage.
-    let cached_view = cached.as_ref().and_then(|c| c.row_view.clone());
     let (mut history, mut instance_etag, cache_hit) = match cached {
         Some(c) => (
             LoadedHistory { events: c.events, sentinel_etag: c.sentinel_etag, blobs: c.blobs },
@@ -972,11 +1201,6 @@ async fn build(
         history,
         instance_etag,
         instance_exists: !row_read || row.is_some(),
-        row_view: if row_read {
-            row.map(|r| (r.state.orchestration_status, r.state.status))
-        } else {
-            cached_view
-        },
     }))
 }
 
@@ -1088,9 +1312,9 @@ pub(crate) struct Listener {
 impl Listener {
     fn stop_poller(inner: &Inner, queue: &str) {
         let poller = locked(&inner.control.pollers).remove(queue);
+        inner.control.forget_poller(queue);
         if let Some(p) = poller {
-            p.cancel.store(true, Ordering::Release);
-            p.task.abort();
+            p.stop(inner, queue);
         }
     }
 
@@ -1108,6 +1332,9 @@ impl Listener {
                 .collect();
             for i in instances {
                 if let Some(v) = b.pending.remove(&i) {
+                    for m in &v {
+                        b.unhold(&m.id);
+                    }
                     released.extend(v);
                 }
             }
@@ -1116,6 +1343,9 @@ impl Listener {
             while let Some(p) = b.prepared.pop_front() {
                 if p.queue == queue {
                     finished.push(p.instance_id.clone());
+                    for m in &p.messages {
+                        b.unhold(&m.id);
+                    }
                     released.extend(p.messages);
                 } else {
                     keep.push_back(p);
@@ -1131,7 +1361,7 @@ impl Listener {
     }
 
     fn busy_on(inner: &Inner, queue: &str) -> usize {
-        inner.control.lock().busy.values().filter(|q| q.as_str() == queue).count()
+        inner.control.lock().busy.values().filter(|b| b.queue == queue).count()
     }
 }
 
@@ -1148,10 +1378,9 @@ impl PartitionListener for Listener {
             partition.index,
             cancel.clone(),
         ));
-        let old = locked(&inner.control.pollers).insert(queue, Poller { cancel, task });
+        let old = locked(&inner.control.pollers).insert(queue, Poller { cancel, _task: task });
         if let Some(old) = old {
-            old.cancel.store(true, Ordering::Release);
-            old.task.abort();
+            old.stop(&inner, &partition.control_queue);
         }
     }
 
@@ -1179,10 +1408,10 @@ impl PartitionListener for Listener {
 
 /// Stops every poller (provider shutdown).
 pub(crate) fn stop_all_pollers(inner: &Inner) {
-    let pollers: Vec<Poller> = locked(&inner.control.pollers).drain().map(|(_, p)| p).collect();
-    for p in pollers {
-        p.cancel.store(true, Ordering::Release);
-        p.task.abort();
+    let pollers: Vec<(String, Poller)> = locked(&inner.control.pollers).drain().collect();
+    locked(&inner.control.activity).clear();
+    for (queue, p) in pollers {
+        p.stop(inner, &queue);
     }
     inner.control.ready.notify_waiters();
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
-pub use control::HubInfo;
+pub use control::{ControlQueueStats, HubInfo, ProviderStats};
 
 /// The storage clients a provider runs over. [`StorageStack::azure`] builds the real one; tests
 /// wrap the same traits with fault injection.
@@ -252,6 +252,14 @@ impl AzureStorageOrchestrationService {
     /// The partition manager (ownership queries for health endpoints and tests).
     pub fn partition_manager(&self) -> &Arc<dyn PartitionManager> {
         &self.inner.partitions
+    }
+
+    /// The provider's in-memory bookkeeping: held, buffered and in-flight control-queue
+    /// messages, cached histories, locked activities, and each running poller's last successful
+    /// receive and pause. Cheap (no storage calls); for health endpoints and audits.
+    pub fn stats(&self) -> ProviderStats {
+        let active = self.inner.activities.active.load(std::sync::atomic::Ordering::Relaxed);
+        self.inner.control.stats(active)
     }
 
     /// Queue lengths and partition ownership of the task hub.

@@ -30,7 +30,6 @@ pub(crate) struct SessionToken {
     sentinel_etag: Option<String>,
     instance_etag: Option<String>,
     instance_exists: bool,
-    row_view: Option<control::RowView>,
     history_blobs: Vec<String>,
     finished: AtomicBool,
     crashed: AtomicBool,
@@ -65,6 +64,24 @@ pub(crate) struct ActivityToken {
     pop_receipt: Mutex<String>,
     text: String,
     locked_until: Mutex<OffsetDateTime>,
+    _active: ActiveGuard,
+}
+
+/// Counts a locked activity work item until its token is dropped.
+#[derive(Debug)]
+struct ActiveGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ActiveGuard {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Work-item queue state: prefetched messages and the poll back-off.
@@ -74,6 +91,8 @@ pub(crate) struct ActivityState {
     wake: Notify,
     misses: std::sync::atomic::AtomicU32,
     stopped: AtomicBool,
+    /// Activity work items locked and not yet dropped.
+    pub(crate) active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn token<'a>(t: &'a LockToken, op: &'static str) -> Result<&'a SessionToken, ProviderError> {
@@ -378,7 +397,6 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                     sentinel_etag: p.history.sentinel_etag,
                     instance_etag: p.instance_etag,
                     instance_exists: p.instance_exists,
-                    row_view: p.row_view,
                     history_blobs: p.history.blobs,
                     finished: AtomicBool::new(false),
                     crashed: AtomicBool::new(false),
@@ -537,18 +555,10 @@ impl OrchestrationService for AzureStorageOrchestrationService {
 
         // 3. The Instances row, guarded by its ETag so a stalled worker cannot overwrite it.
         let include_input = new_execution || starts_execution(new_events);
-        // Fewer transactions than DTF: an episode that changes neither the status nor the custom
-        // status (Running -> Running) leaves the row alone; history and its sentinel ETag
-        // already guard the checkpoint. `LastUpdatedTime` therefore moves when the row's
-        // content changes.
-        let view = (cp.state.orchestration_status, cp.state.status.clone());
-        let unchanged = !include_input
-            && t.instance_etag.is_some()
-            && t.row_view.as_ref() == Some(&view)
-            && !view.0.is_terminal();
-        let instance_etag = if unchanged {
-            t.instance_etag.clone()
-        } else {
+        // Every checkpoint writes the row, as DTF does: `LastUpdatedTime` is what operators and
+        // tools query to find instances that stopped making progress ("running but not updated
+        // for an hour"), so it must move with every episode even when nothing else changed.
+        let instance_etag = {
             let mut entity = tracking::instance_entity(inner, &cp.state, include_input)
                 .await
                 .map_err(|e| provider_error(OP, e))?;
@@ -618,7 +628,6 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                     sentinel_etag: sentinel,
                     instance_etag,
                     blobs,
-                    row_view: Some(view),
                 },
             );
         }
@@ -742,6 +751,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                     pop_receipt: Mutex::new(m.pop_receipt),
                     text: m.text,
                     locked_until: Mutex::new(m.next_visible),
+                    _active: ActiveGuard::new(&a.active),
                 }),
             }));
         }

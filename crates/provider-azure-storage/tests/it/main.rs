@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 mod capture;
 mod conformance;
+mod fidelity;
 mod instance_ids;
+mod liveness;
 mod partitions;
 mod provider;
 mod storage_layer;

@@ -49,6 +49,10 @@ async fn host_runs_samples_reports_health_and_releases_partitions() {
     assert!(hub_status.exists);
     assert_eq!(hub_status.partition_count, 2);
     assert_eq!(hub_status.control_queues.len(), 2);
+    let processing = health.processing.clone().expect("processing status on Azure");
+    assert_eq!(processing.pollers.len(), 2, "one poller per owned partition: {processing:?}");
+    assert_eq!(processing.leaked_messages, 0);
+    assert!(processing.pollers.iter().all(|p| p.ms_paused.is_none()), "{processing:?}");
     let text = format!("{health:?} {}", serde_json::to_string(&health).unwrap());
     assert!(!text.contains("AccountKey"), "{text}");
 
