@@ -6,6 +6,7 @@ mod blobs;
 mod capture;
 mod conformance;
 mod fidelity;
+mod instance_ids;
 mod liveness;
 mod partitions;
 mod provider;
