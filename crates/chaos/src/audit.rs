@@ -351,8 +351,10 @@ pub async fn queue_residue(svc: &AzureStorageOrchestrationService) -> Result<u64
     Ok(info.control_queues.iter().map(|(_, n)| n).sum::<u64>() + info.work_item_queue_length)
 }
 
-/// The large-message container against the rows that reference it (issue 12): `orphans` are in
-/// the container but referenced by no live row, `dangling` are referenced but missing.
+/// The large-message container against the rows that reference it (issue 12), from the
+/// provider's one definition ([`durabletask_azure_storage::audit::blob_references`]): `orphans`
+/// are in the container but referenced by no live History or Instances row, `dangling` are
+/// referenced but missing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BlobCheck {
     /// Blobs in the container.
@@ -361,7 +363,7 @@ pub struct BlobCheck {
     pub referenced: usize,
     /// In the container, referenced by nothing.
     pub orphans: Vec<String>,
-    /// Referenced, not in the container.
+    /// Referenced, not in the container (with who references them).
     pub dangling: Vec<String>,
 }
 
@@ -388,97 +390,30 @@ impl std::fmt::Display for BlobCheck {
     }
 }
 
-async fn all_rows(
-    tables: &dyn durabletask_azure_storage::storage::TableStore,
-    table: &str,
-) -> Result<Vec<durabletask_azure_storage::storage::TableEntity>> {
-    let mut out = Vec::new();
-    let mut token = None;
-    loop {
-        let page = retry(|| tables.query(table, None, None, None, token.clone())).await?;
-        out.extend(page.entities);
-        token = page.continuation;
-        if token.is_none() {
-            return Ok(out);
-        }
-    }
-}
-
-/// Compares the hub's large-message container with the blobs live rows reference: the
-/// `*BlobName` columns of each instance's current-execution History rows (the execution the
-/// sentinel row names) and the `Input`, `Output` and `CustomStatus` URLs of Instances rows.
+/// Compares the hub's large-message container with the blobs live rows reference (meaningful
+/// when every instance is terminal and the queues are empty: an in-flight message's blob is not
+/// referenced by a row).
 ///
 /// # Errors
 /// When storage reads keep failing.
 pub async fn blob_references(
-    svc: &AzureStorageOrchestrationService,
-    storage: &durabletask_azure_storage::storage::AzureStorage,
-    container_url: &str,
+    stack: &durabletask_azure_storage::StorageStack,
+    names: &durabletask_azure_storage::ResourceNames,
 ) -> Result<BlobCheck> {
-    use durabletask_azure_storage::keys::SENTINEL_ROW_KEY;
-    let names = svc.resource_names();
-    let container = names.large_messages_container.clone();
-    let in_container: BTreeSet<String> =
-        retry(|| storage.list_blobs(&container, "")).await?.into_iter().collect();
-    let mut referenced = BTreeSet::new();
-    let history = all_rows(storage, &names.history_table).await?;
-    let mut current: BTreeMap<&str, &str> = BTreeMap::new();
-    for row in history.iter().filter(|r| r.row_key == SENTINEL_ROW_KEY) {
-        if let Some(exec) = row.get_str("ExecutionId") {
-            current.insert(row.partition_key.as_str(), exec);
-        }
-    }
-    for row in history.iter().filter(|r| r.row_key != SENTINEL_ROW_KEY) {
-        let live = match (current.get(row.partition_key.as_str()), row.get_str("ExecutionId")) {
-            (Some(cur), Some(exec)) => *cur == exec,
-            _ => true,
-        };
-        if !live {
-            continue;
-        }
-        for (k, v) in &row.properties {
-            if k.ends_with("BlobName")
-                && let Some(name) = v.as_str()
-                && !name.is_empty()
-            {
-                referenced.insert(name.to_owned());
-            }
-        }
-    }
-    let prefix = format!("{}/", container_url.trim_end_matches('/'));
-    for row in all_rows(storage, &names.instances_table).await? {
-        for col in ["Input", "Output", "CustomStatus"] {
-            if let Some(rest) = row.get_str(col).and_then(|v| v.strip_prefix(&prefix)) {
-                let name: Vec<String> = rest.split('/').map(percent_decode).collect();
-                referenced.insert(name.join("/"));
-            }
-        }
-    }
+    let a = retry(|| durabletask_azure_storage::audit::blob_references(stack, names)).await?;
     Ok(BlobCheck {
-        in_container: in_container.len(),
-        referenced: referenced.len(),
-        orphans: in_container.difference(&referenced).cloned().collect(),
-        dangling: referenced.difference(&in_container).cloned().collect(),
+        in_container: a.in_container.len(),
+        referenced: a.referenced.len(),
+        orphans: a.orphans().into_iter().collect(),
+        dangling: a
+            .dangling()
+            .into_iter()
+            .map(|d| {
+                let by = a.referenced_by.get(&d).map(|v| v.join(", ")).unwrap_or_default();
+                format!("{d} (from {by})")
+            })
+            .collect(),
     })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = s.get(i + 1..i + 3)
-            && let Ok(b) = u8::from_str_radix(hex, 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Samples the provider stats of in-process workers during a run and records every breach of

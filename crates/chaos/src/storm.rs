@@ -23,7 +23,7 @@ use crate::workload::{self, Planned};
 use crate::{ChaosError, Result};
 use durabletask_azure_storage::envelope::MessageData;
 use durabletask_azure_storage::keys::partition_index;
-use durabletask_azure_storage::storage::QueueStore;
+use durabletask_azure_storage::storage::{QueueStore, StorageError};
 use durabletask_core::{
     ClientError, EventKind, ExecutionStartedEvent, HistoryEvent, OrchestrationInstance,
     OrchestrationServiceClient, StartOptions, TaskHubClient, TaskMessage,
@@ -78,7 +78,7 @@ impl Outcomes {
         match r {
             Ok(_) => self.ok += 1,
             Err(e) => match typed_name(e) {
-                Some(name) => *self.typed.entry(name.to_owned()).or_insert(0) += 1,
+                Some(name) => *self.typed.entry(name).or_insert(0) += 1,
                 None => *self.raw.entry(format!("{what}: {e}")).or_insert(0) += 1,
             },
         }
@@ -106,19 +106,29 @@ impl Outcomes {
     }
 }
 
-/// The name of a typed client answer, or `None` for a raw provider error.
-fn typed_name(e: &ClientError) -> Option<&'static str> {
-    match e {
-        ClientError::NotFound(_) => Some("NotFound"),
-        ClientError::AlreadyExists(_) => Some("AlreadyExists"),
-        ClientError::NotTerminal(_) => Some("NotTerminal"),
-        ClientError::InvalidInstanceId(_) => Some("InvalidInstanceId"),
-        ClientError::Serialization(_) => Some("Serialization"),
-        ClientError::Timeout { .. } => Some("Timeout"),
-        ClientError::Provider(_) => None,
-        // Variants added later (typed status errors) are typed by construction.
-        _ => Some("Other"),
-    }
+/// The name of a typed client answer, or `None` for a raw storage error: a provider error that
+/// passes a storage failure through (its source is a `StorageError`). A provider error the
+/// provider made itself (e.g. `Transient` "the Instances row kept changing", with what happened
+/// to the queued start) is a typed answer.
+fn typed_name(e: &ClientError) -> Option<String> {
+    let name = match e {
+        ClientError::NotFound(_) => "NotFound",
+        ClientError::AlreadyExists { .. } => "AlreadyExists",
+        ClientError::Superseded { .. } => "Superseded",
+        ClientError::InvalidStatus { .. } => "InvalidStatus",
+        ClientError::NotTerminal(_) => "NotTerminal",
+        ClientError::InvalidInstanceId(_) => "InvalidInstanceId",
+        ClientError::Serialization(_) => "Serialization",
+        ClientError::Timeout { .. } => "Timeout",
+        ClientError::Provider(p) => {
+            let raw =
+                p.source.as_deref().is_some_and(|s| s.downcast_ref::<StorageError>().is_some());
+            return (!raw).then(|| format!("Provider{:?}", p.kind()));
+        }
+        // Variants added later are typed by construction.
+        _ => "Other",
+    };
+    Some(name.to_owned())
 }
 
 /// One round of the storm, started.
@@ -298,7 +308,7 @@ async fn bombard(hub: &TestHub, ids: &[String], missing: bool) -> Result<(Outcom
             out.record("raise large", &client.raise_event(id, "storm-large", &large).await);
             calls += 1;
         }
-        out.record("terminate", &client.terminate(id, &"storm").await);
+        out.record("terminate", &client.terminate(id, "storm").await);
         out.record("suspend", &client.suspend(id, Some("storm")).await);
         out.record("resume", &client.resume(id, Some("storm")).await);
         calls += 4;
@@ -467,9 +477,8 @@ pub async fn wait_quiet(hub: &TestHub, timeout: Duration) -> Result<u64> {
 /// # Errors
 /// When storage reads keep failing.
 pub async fn blob_check(hub: &TestHub) -> Result<BlobCheck> {
-    let url =
-        hub.env.account().blob_container_url(&hub.admin.resource_names().large_messages_container);
-    audit::blob_references(&hub.admin, &hub.storage, &url).await
+    let stack = hub.stack(&hub.settings("blob-audit"));
+    audit::blob_references(&stack, hub.admin.resource_names()).await
 }
 
 /// The start storm of issue 12 on one in-process worker, interleaved with `W(n)`: every planned
