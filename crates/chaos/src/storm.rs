@@ -107,9 +107,10 @@ impl Outcomes {
 }
 
 /// The name of a typed client answer, or `None` for a raw storage error: a provider error that
-/// passes a storage failure through (its source is a `StorageError`). A provider error the
-/// provider made itself (e.g. `Transient` "the Instances row kept changing", with what happened
-/// to the queued start) is a typed answer.
+/// passes a non-retryable storage failure through (its source is a `StorageError`, e.g. the
+/// 412 of a lost race). A provider error the provider made itself (e.g. `Transient` "the
+/// Instances row kept changing", with what happened to the queued start) is a typed answer, and
+/// so is a transient storage failure (a timeout of a busy emulator), counted apart.
 fn typed_name(e: &ClientError) -> Option<String> {
     let name = match e {
         ClientError::NotFound(_) => "NotFound",
@@ -121,9 +122,12 @@ fn typed_name(e: &ClientError) -> Option<String> {
         ClientError::Serialization(_) => "Serialization",
         ClientError::Timeout { .. } => "Timeout",
         ClientError::Provider(p) => {
-            let raw =
-                p.source.as_deref().is_some_and(|s| s.downcast_ref::<StorageError>().is_some());
-            return (!raw).then(|| format!("Provider{:?}", p.kind()));
+            let storage = p.source.as_deref().and_then(|s| s.downcast_ref::<StorageError>());
+            return match storage {
+                None => Some(format!("Provider{:?}", p.kind())),
+                Some(_) if p.is_retryable() => Some(format!("Storage{:?}", p.kind())),
+                Some(_) => None,
+            };
         }
         // Variants added later are typed by construction.
         _ => "Other",
