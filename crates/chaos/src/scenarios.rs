@@ -823,9 +823,22 @@ fn encoded(data: &MessageData) -> Result<String> {
     Ok(MessageData::encode_text(&bytes))
 }
 
-/// Messages nobody can decode (quarantined after 5 dequeues) and valid ones for instances that
-/// do not exist (discarded), as (text, expected to be quarantined).
-fn junk_messages() -> Result<Vec<(String, bool)>> {
+/// What the provider does with a junk message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Undecodable: quarantined in `{hub}-poison` after 5 deliveries (in either queue).
+    Quarantined,
+    /// Valid, for an instance that does not exist: discarded from a control queue (quarantined
+    /// from the work-item queue, where it is foreign).
+    Discarded,
+    /// Its large-message blob is gone (a consumed duplicate or a purged instance): deleted at
+    /// its first delivery from either queue.
+    Deleted,
+}
+
+/// Messages nobody can decode, valid ones for instances that do not exist, and one whose blob is
+/// gone, with what the provider does with each.
+fn junk_messages() -> Result<Vec<(String, Fate)>> {
     let real = encoded(&envelope(
         "ghost",
         EventKind::TaskCompleted { task_scheduled_id: 0, result: Some("1".into()) },
@@ -833,7 +846,7 @@ fn junk_messages() -> Result<Vec<(String, bool)>> {
     let truncated = real[..real.len() / 2].to_owned();
     let missing_blob = encoded(&MessageData::wrapper(
         &envelope("ghost", EventKind::EventRaised { name: "e".into(), input: None }),
-        "ghost/no-such-blob.json.gz".into(),
+        "ghost/message-00000000000000000000000000000000-EventRaised.json.gz".into(),
     ))?;
     let foreign_url = encoded(&MessageData::wrapper(
         &envelope("ghost", EventKind::EventRaised { name: "e".into(), input: None }),
@@ -844,17 +857,20 @@ fn junk_messages() -> Result<Vec<(String, bool)>> {
         "../../other/x".into(),
     ))?;
     Ok(vec![
-        ("not base64 !!".into(), true),
-        ("AAAAAAAA".into(), true),
-        ("{ garbage".into(), true),
-        ("{\"$type\":\"Some.Other.Framework\",\"x\":1}".into(), true),
-        ("[".repeat(60 * 1024), true),
-        (truncated, true),
-        (missing_blob, true),
-        (foreign_url, true),
-        (traversal, true),
-        (real, false),
-        (encoded(&envelope("ghost-2", EventKind::ExecutionTerminated { input: None }))?, false),
+        ("not base64 !!".into(), Fate::Quarantined),
+        ("AAAAAAAA".into(), Fate::Quarantined),
+        ("{ garbage".into(), Fate::Quarantined),
+        ("{\"$type\":\"Some.Other.Framework\",\"x\":1}".into(), Fate::Quarantined),
+        ("[".repeat(60 * 1024), Fate::Quarantined),
+        (truncated, Fate::Quarantined),
+        (missing_blob, Fate::Deleted),
+        (foreign_url, Fate::Quarantined),
+        (traversal, Fate::Quarantined),
+        (real, Fate::Discarded),
+        (
+            encoded(&envelope("ghost-2", EventKind::ExecutionTerminated { input: None }))?,
+            Fate::Discarded,
+        ),
     ])
 }
 
@@ -872,12 +888,17 @@ pub async fn poison_messages(env: &ChaosEnv, profile: &Profile) -> Result<Scenar
     let names = hub.admin.resource_names().clone();
     let junk = junk_messages()?;
     let mut expected_poison = 0u64;
-    for (text, poison) in &junk {
+    for (text, fate) in &junk {
         for q in [&names.control_queues[0], &names.work_item_queue] {
             hub.storage.put_message(q, text, Duration::ZERO).await?;
             report.k += 1;
             // In the work-item queue even a valid control message is foreign.
-            if *poison || q == &names.work_item_queue {
+            let quarantined = match fate {
+                Fate::Quarantined => true,
+                Fate::Discarded => q == &names.work_item_queue,
+                Fate::Deleted => false,
+            };
+            if quarantined {
                 expected_poison += 1;
             }
         }

@@ -39,6 +39,18 @@ impl LargePayloads {
         format!("{}/message-{activity_id}-{event_type}.json.gz", blob_segment(instance_id))
     }
 
+    /// Whether `name` has the shape of [`Self::message_blob_name`]: an instance segment (never
+    /// starting with `.`), one `/`, `message-...json.gz`. A queue message naming anything else
+    /// was not written by this provider (foreign, a URL, a path traversal).
+    pub fn is_message_blob_name(name: &str) -> bool {
+        let Some((segment, file)) = name.split_once('/') else { return false };
+        !segment.is_empty()
+            && !segment.starts_with('.')
+            && !file.contains('/')
+            && file.starts_with("message-")
+            && file.ends_with(".json.gz")
+    }
+
     /// Blob name of an oversized table property:
     /// `{instance}/history-{RowKey}-{EventType}-{X16}-{Property}.json.gz`, where `X16` is the
     /// FNV-1a 64 hash of the execution id and the value (DTF puts a random number there). Two
@@ -236,6 +248,23 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_blob_names_are_recognised_and_foreign_ones_are_not() {
+        let ours = LargePayloads::message_blob_name("a/b .c", "00ff", "EventRaised");
+        assert!(LargePayloads::is_message_blob_name(&ours), "{ours}");
+        for foreign in [
+            "http://127.0.0.1:9/x",
+            "../../other/x",
+            "ghost/no-such-blob.json.gz",
+            ".poison/q/m.txt.gz",
+            "a/b/message-1-E.json.gz",
+            "/message-1-E.json.gz",
+            "message-1-E.json.gz",
+        ] {
+            assert!(!LargePayloads::is_message_blob_name(foreign), "{foreign}");
+        }
+    }
 
     #[derive(Debug)]
     struct NoBlobs;

@@ -249,6 +249,7 @@ impl OrchestrationServiceClient for AzureStorageOrchestrationService {
         let inner = &self.inner;
         let id = start.orchestration_instance.instance_id.clone();
         check_id(OP, &id)?;
+        super::worker::check_message_size(inner, &start, OP)?;
         let EventKind::ExecutionStarted(started) = &mut start.event.kind else {
             return Err(perr(
                 ProviderErrorKind::InvalidInput,

@@ -494,6 +494,13 @@ pub(crate) async fn decode(
     let Some(blob) = data.compressed_blob_name.clone() else {
         return Ok(data);
     };
+    if !crate::large::LargePayloads::is_message_blob_name(&blob) {
+        // Not a name this provider writes: never download it, quarantine it like any malformed
+        // message (a missing blob of the right shape is a consumed duplicate: `Gone`).
+        return Err(DecodeFailure::Malformed(format!(
+            "large-message blob name {blob:?} is not a message blob of this hub"
+        )));
+    }
     let bytes = inner.large.download(&blob).await.map_err(|e| match e.kind() {
         StorageErrorKind::NotFound => {
             DecodeFailure::Gone(format!("large-message blob {blob}: {e}"))

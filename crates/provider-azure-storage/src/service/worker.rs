@@ -127,6 +127,30 @@ impl Inner {
 }
 
 /// Encodes an envelope as queue text, moving it to a gzip blob when it is over the threshold.
+/// Refuses a message over `max_message_bytes` before any storage call (the same check
+/// [`encode_for_queue`] makes; callers that read storage first call this before reading).
+pub(crate) fn check_message_size(
+    inner: &Inner,
+    message: &TaskMessage,
+    op: &'static str,
+) -> Result<(), ProviderError> {
+    let bytes = MessageData::new(message.clone(), 0)
+        .to_bytes()
+        .map_err(|e| perr(ProviderErrorKind::InvalidInput, op, e.to_string()))?;
+    if bytes.len() > inner.settings.max_message_bytes {
+        return Err(perr(
+            ProviderErrorKind::InvalidInput,
+            op,
+            format!(
+                "message of {} bytes exceeds max_message_bytes ({}); nothing was written",
+                bytes.len(),
+                inner.settings.max_message_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) async fn encode_for_queue(
     inner: &Inner,
     data: MessageData,
