@@ -10,12 +10,20 @@ mod azure;
 mod counters;
 mod entity;
 pub mod fault;
+mod limit;
+mod memory;
 mod retry;
+
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod conformance;
 
 pub use account::StorageAccount;
 pub use azure::AzureStorage;
 pub use counters::{StorageCounters, StorageOp, StorageOpCounts};
 pub use entity::{EdmValue, TableEntity};
+pub use limit::ConcurrencyLimitedStorage;
+pub use memory::{InMemoryStorage, MAX_QUEUE_MESSAGE_BYTES};
 pub use retry::{RetryPolicy, RetryingStorage};
 
 use async_trait::async_trait;
@@ -273,6 +281,9 @@ pub trait TableStore: Send + Sync + fmt::Debug {
     async fn batch(&self, table: &str, ops: Vec<BatchOp>) -> StorageResult<Vec<Option<String>>>;
 }
 
+/// The lease duration that never expires (the service's `-1`).
+pub const INFINITE_LEASE: Duration = Duration::MAX;
+
 /// Blob operations (Azure Blob Storage semantics), including leases.
 #[async_trait]
 pub trait BlobStore: Send + Sync + fmt::Debug {
@@ -294,7 +305,8 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     async fn delete_blob_if_exists(&self, container: &str, name: &str) -> StorageResult<()>;
     /// Names of the blobs whose names start with `prefix`.
     async fn list_blobs(&self, container: &str, prefix: &str) -> StorageResult<Vec<String>>;
-    /// Acquires a lease for `duration` (15-60 s) with our proposed ID; `Conflict` if held.
+    /// Acquires a lease for `duration` (15-60 s, or [`INFINITE_LEASE`]) with our proposed ID;
+    /// `Conflict` if held by another ID.
     async fn acquire_lease(
         &self,
         container: &str,

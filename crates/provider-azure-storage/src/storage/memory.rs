@@ -1,0 +1,835 @@
+//! [`InMemoryStorage`]: the three storage traits in process memory, with Azure Storage's
+//! semantics as the provider relies on them (and as the storage conformance suite asserts them on
+//! Azurite): queue visibility in whole seconds rounded up, pop receipts that change on every
+//! receive and update, dequeue counts, the 64 KiB message limit; entity ETags, every
+//! [`WriteMode`]'s 404/409/412 outcome, atomic single-partition batches with the service's limits,
+//! the OData filter subset the provider sends, `$select`, `top` and continuation tokens; blobs,
+//! containers and leases (15-60 s or infinite, expiring on the injected clock). Every call is
+//! counted in [`StorageCounters`] exactly where [`AzureStorage`](super::AzureStorage) counts it:
+//! calls refused by a client-side check are not counted.
+
+mod filter;
+
+use super::azure::{check_entity_size, lease_duration_secs, whole_seconds_up};
+use super::entity::TableEntity;
+use super::{
+    BatchOp, BlobStore, EntityPage, MAX_BATCH_BYTES, MAX_BATCH_OPERATIONS, QueueStore,
+    ReceivedMessage, StorageCounters, StorageError, StorageErrorKind, StorageOp, StorageResult,
+    TableContinuation, TableStore, WriteMode,
+};
+use crate::StorageStack;
+use async_trait::async_trait;
+use durabletask_core::{Clock, SystemClock};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// Largest queue message text the service accepts (64 KiB).
+pub const MAX_QUEUE_MESSAGE_BYTES: usize = 64 * 1024;
+/// Most entities one query page returns (service limit).
+const MAX_QUERY_PAGE: usize = 1000;
+/// Most blob names one listing page returns (service default).
+const LIST_PAGE: usize = 5000;
+
+/// Azure Storage in memory. Clones share the same state, clock and counters.
+#[derive(Clone)]
+pub struct InMemoryStorage {
+    state: Arc<Mutex<State>>,
+    clock: Arc<dyn Clock>,
+    counters: Arc<StorageCounters>,
+}
+
+impl fmt::Debug for InMemoryStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.lock();
+        f.debug_struct("InMemoryStorage")
+            .field("queues", &s.queues.len())
+            .field("tables", &s.tables.len())
+            .field("containers", &s.containers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for InMemoryStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    queues: HashMap<String, Vec<Message>>,
+    /// Keyed by lower-cased name: table names are case-insensitive.
+    tables: HashMap<String, BTreeMap<(String, String), TableEntity>>,
+    containers: HashMap<String, BTreeMap<String, Blob>>,
+    /// Source of ETags, so two writes at the same clock reading still differ.
+    sequence: u64,
+}
+
+struct Message {
+    id: String,
+    pop_receipt: String,
+    dequeue_count: u64,
+    insertion_time: OffsetDateTime,
+    next_visible: OffsetDateTime,
+    text: String,
+}
+
+struct Blob {
+    data: Vec<u8>,
+    lease: Option<Lease>,
+}
+
+struct Lease {
+    id: String,
+    /// `None`: infinite.
+    duration: Option<Duration>,
+    /// `None`: never expires.
+    expires: Option<OffsetDateTime>,
+    released: bool,
+}
+
+/// A blob's lease state as the service reports it.
+enum LeaseState<'a> {
+    Available,
+    Leased(&'a str),
+    Expired(&'a str),
+    Released(&'a str),
+}
+
+impl Blob {
+    fn lease_state(&self, now: OffsetDateTime) -> LeaseState<'_> {
+        match &self.lease {
+            None => LeaseState::Available,
+            Some(l) if l.released => LeaseState::Released(&l.id),
+            Some(l) if l.expires.is_some_and(|t| now >= t) => LeaseState::Expired(&l.id),
+            Some(l) => LeaseState::Leased(&l.id),
+        }
+    }
+}
+
+fn fail(
+    kind: StorageErrorKind,
+    operation: &'static str,
+    status: u16,
+    code: &str,
+    message: impl Into<String>,
+) -> StorageError {
+    StorageError::new(kind, operation, message).with_status(status, Some(code.to_owned()))
+}
+
+fn not_found(operation: &'static str, code: &str, what: &str) -> StorageError {
+    fail(StorageErrorKind::NotFound, operation, 404, code, format!("{what} does not exist"))
+}
+
+fn invalid(operation: &'static str, message: impl Into<String>) -> StorageError {
+    StorageError::new(StorageErrorKind::InvalidInput, operation, message)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The service keeps timestamps to 100 ns.
+fn truncate_100ns(t: OffsetDateTime) -> OffsetDateTime {
+    let nanos = t.nanosecond();
+    t.replace_nanosecond(nanos - nanos % 100).unwrap_or(t)
+}
+
+impl InMemoryStorage {
+    /// Empty storage on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// Empty storage on `clock` (visibility timeouts, lease expiry, timestamps).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State::default())),
+            clock,
+            counters: Arc::new(StorageCounters::default()),
+        }
+    }
+
+    /// The shared operation counters.
+    pub fn counters(&self) -> Arc<StorageCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// A provider storage stack over this storage (one shared instance for all three traits).
+    pub fn stack(&self, large_messages_container_url: impl Into<String>) -> StorageStack {
+        let me = Arc::new(self.clone());
+        StorageStack {
+            queues: me.clone(),
+            tables: me.clone(),
+            blobs: me,
+            counters: self.counters(),
+            large_messages_container_url: large_messages_container_url.into(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+}
+
+fn queue_mut<'a>(
+    s: &'a mut State,
+    queue: &str,
+    operation: &'static str,
+) -> StorageResult<&'a mut Vec<Message>> {
+    s.queues.get_mut(queue).ok_or_else(|| not_found(operation, "QueueNotFound", "the queue"))
+}
+
+/// The message `id` if `pop_receipt` is its current receipt: 404 `MessageNotFound` when it is
+/// gone, and for a stale receipt what [`AzureStorage`](super::AzureStorage) reports for Azurite's
+/// 400 `PopReceiptMismatch`.
+fn received_mut<'a>(
+    messages: &'a mut [Message],
+    id: &str,
+    pop_receipt: &str,
+    operation: &'static str,
+) -> StorageResult<(usize, &'a mut Message)> {
+    let (i, m) = messages
+        .iter_mut()
+        .enumerate()
+        .find(|(_, m)| m.id == id)
+        .ok_or_else(|| not_found(operation, "MessageNotFound", "the message"))?;
+    if m.pop_receipt != pop_receipt {
+        return Err(fail(
+            StorageErrorKind::PreconditionFailed,
+            operation,
+            400,
+            "PopReceiptMismatch",
+            "pop receipt no longer valid",
+        ));
+    }
+    Ok((i, m))
+}
+
+fn check_message_size(operation: &'static str, text: &str) -> StorageResult<()> {
+    if text.len() > MAX_QUEUE_MESSAGE_BYTES {
+        return Err(fail(
+            StorageErrorKind::InvalidInput,
+            operation,
+            413,
+            "RequestBodyTooLarge",
+            format!(
+                "message is {} bytes, over the {MAX_QUEUE_MESSAGE_BYTES}-byte limit",
+                text.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl QueueStore for InMemoryStorage {
+    async fn create_queue_if_not_exists(&self, queue: &str) -> StorageResult<()> {
+        self.counters.record(StorageOp::QueueAdmin);
+        self.lock().queues.entry(queue.to_owned()).or_default();
+        Ok(())
+    }
+
+    async fn delete_queue_if_exists(&self, queue: &str) -> StorageResult<()> {
+        self.counters.record(StorageOp::QueueAdmin);
+        self.lock().queues.remove(queue);
+        Ok(())
+    }
+
+    async fn put_message(
+        &self,
+        queue: &str,
+        text: &str,
+        initial_visibility: Duration,
+    ) -> StorageResult<()> {
+        const OP: &str = "put message";
+        self.counters.record(StorageOp::QueuePut);
+        let now = self.now();
+        let mut s = self.lock();
+        let messages = queue_mut(&mut s, queue, OP)?;
+        check_message_size(OP, text)?;
+        messages.push(Message {
+            id: new_id(),
+            pop_receipt: new_id(),
+            dequeue_count: 0,
+            insertion_time: now,
+            next_visible: now + whole_seconds_up(initial_visibility),
+            text: text.to_owned(),
+        });
+        Ok(())
+    }
+
+    async fn get_messages(
+        &self,
+        queue: &str,
+        max: u8,
+        visibility: Duration,
+    ) -> StorageResult<Vec<ReceivedMessage>> {
+        const OP: &str = "get messages";
+        if !(1..=32).contains(&max) {
+            return Err(invalid(OP, format!("a receive takes 1-32 messages, asked for {max}")));
+        }
+        self.counters.record(StorageOp::QueueGet);
+        let now = self.now();
+        let next_visible = now + whole_seconds_up(visibility);
+        let mut s = self.lock();
+        let messages = queue_mut(&mut s, queue, OP)?;
+        // Visible messages in the order they were put (what Azurite does; Azure promises no
+        // order).
+        Ok(messages
+            .iter_mut()
+            .filter(|m| m.next_visible <= now)
+            .take(usize::from(max))
+            .map(|m| {
+                m.dequeue_count += 1;
+                m.pop_receipt = new_id();
+                m.next_visible = next_visible;
+                ReceivedMessage {
+                    id: m.id.clone(),
+                    pop_receipt: m.pop_receipt.clone(),
+                    dequeue_count: m.dequeue_count,
+                    insertion_time: m.insertion_time,
+                    next_visible: m.next_visible,
+                    text: m.text.clone(),
+                }
+            })
+            .collect())
+    }
+
+    async fn delete_message(&self, queue: &str, id: &str, pop_receipt: &str) -> StorageResult<()> {
+        const OP: &str = "delete message";
+        self.counters.record(StorageOp::QueueDelete);
+        let mut s = self.lock();
+        let messages = queue_mut(&mut s, queue, OP)?;
+        let (i, _) = received_mut(messages, id, pop_receipt, OP)?;
+        messages.remove(i);
+        Ok(())
+    }
+
+    async fn update_message(
+        &self,
+        queue: &str,
+        id: &str,
+        pop_receipt: &str,
+        text: &str,
+        visibility: Duration,
+    ) -> StorageResult<String> {
+        const OP: &str = "update message";
+        self.counters.record(StorageOp::QueueUpdate);
+        let now = self.now();
+        let mut s = self.lock();
+        let messages = queue_mut(&mut s, queue, OP)?;
+        let (_, m) = received_mut(messages, id, pop_receipt, OP)?;
+        check_message_size(OP, text)?;
+        m.text = text.to_owned();
+        m.pop_receipt = new_id();
+        m.next_visible = now + whole_seconds_up(visibility);
+        Ok(m.pop_receipt.clone())
+    }
+
+    async fn approximate_message_count(&self, queue: &str) -> StorageResult<u64> {
+        self.counters.record(StorageOp::QueueAdmin);
+        let mut s = self.lock();
+        let messages = queue_mut(&mut s, queue, "get queue metadata")?;
+        Ok(u64::try_from(messages.len()).unwrap_or(u64::MAX))
+    }
+}
+
+type Rows = BTreeMap<(String, String), TableEntity>;
+
+fn table_mut<'a>(
+    s: &'a mut State,
+    table: &str,
+    operation: &'static str,
+) -> StorageResult<&'a mut Rows> {
+    s.tables
+        .get_mut(&table.to_ascii_lowercase())
+        .ok_or_else(|| not_found(operation, "TableNotFound", "the table"))
+}
+
+/// What one batch operation does to its row, decided against the row's current state.
+fn decide(
+    current: Option<&TableEntity>,
+    op: &BatchOp,
+    operation: &'static str,
+) -> StorageResult<Option<TableEntity>> {
+    let etag_ok = |want: &Option<String>| match (want, current) {
+        (_, None) => Err(not_found(operation, "ResourceNotFound", "the entity")),
+        (Some(want), Some(cur)) if cur.etag.as_deref() != Some(want.as_str()) => Err(fail(
+            StorageErrorKind::PreconditionFailed,
+            operation,
+            412,
+            "UpdateConditionNotSatisfied",
+            "the ETag condition did not hold",
+        )),
+        (_, Some(cur)) => Ok(cur),
+    };
+    let merged = |cur: &TableEntity| {
+        let mut e = cur.clone();
+        e.properties.extend(op.entity.properties.clone());
+        e
+    };
+    Ok(match &op.mode {
+        WriteMode::Insert => {
+            if current.is_some() {
+                return Err(fail(
+                    StorageErrorKind::Conflict,
+                    operation,
+                    409,
+                    "EntityAlreadyExists",
+                    "the entity already exists",
+                ));
+            }
+            Some(op.entity.clone())
+        }
+        WriteMode::Upsert => Some(op.entity.clone()),
+        WriteMode::UpsertMerge => Some(current.map_or_else(|| op.entity.clone(), merged)),
+        WriteMode::Replace(etag) => {
+            etag_ok(etag)?;
+            Some(op.entity.clone())
+        }
+        WriteMode::Merge(etag) => Some(merged(etag_ok(etag)?)),
+        WriteMode::Delete(etag) => {
+            etag_ok(etag)?;
+            None
+        }
+    })
+}
+
+impl InMemoryStorage {
+    fn batch_inner(
+        &self,
+        table: &str,
+        ops: Vec<BatchOp>,
+        counter: StorageOp,
+        operation: &'static str,
+    ) -> StorageResult<Vec<Option<String>>> {
+        // The client-side checks AzureStorage makes before sending, in the same order.
+        let Some(first) = ops.first() else { return Ok(Vec::new()) };
+        if ops.len() > MAX_BATCH_OPERATIONS {
+            return Err(invalid(
+                operation,
+                format!(
+                    "{} operations in one transaction; the limit is {MAX_BATCH_OPERATIONS}",
+                    ops.len()
+                ),
+            ));
+        }
+        let partition_key = first.entity.partition_key.clone();
+        let mut total = 0usize;
+        let mut normalized = Vec::with_capacity(ops.len());
+        for op in &ops {
+            if op.entity.partition_key != partition_key {
+                return Err(invalid(operation, "a transaction must stay within one partition key"));
+            }
+            let json = op.entity.to_json();
+            check_entity_size(operation, &json)?;
+            total += json.to_string().len();
+            // What the service stores is what the wire form carries (e.g. 100 ns datetimes).
+            let entity =
+                TableEntity::from_json(json).map_err(|e| invalid(operation, e.to_string()))?;
+            normalized.push(BatchOp { mode: op.mode.clone(), entity });
+        }
+        if total > MAX_BATCH_BYTES {
+            return Err(invalid(
+                operation,
+                format!("transaction body is about {total} bytes; the limit is {MAX_BATCH_BYTES}"),
+            ));
+        }
+        self.counters.record(counter);
+        let now = truncate_100ns(self.now());
+        let mut guard = self.lock();
+        let State { tables, sequence, .. } = &mut *guard;
+        let rows = tables
+            .get_mut(&table.to_ascii_lowercase())
+            .ok_or_else(|| not_found(operation, "TableNotFound", "the table"))?;
+        let mut seen = std::collections::HashSet::new();
+        let mut decided = Vec::with_capacity(normalized.len());
+        for op in &normalized {
+            if !seen.insert(op.entity.row_key.as_str()) {
+                return Err(fail(
+                    StorageErrorKind::InvalidInput,
+                    operation,
+                    400,
+                    "InvalidDuplicateRow",
+                    "a transaction touches one row at most once; nothing was written",
+                ));
+            }
+            let key = (partition_key.clone(), op.entity.row_key.clone());
+            decided.push((key.clone(), decide(rows.get(&key), op, operation)?));
+        }
+        // Every condition held: commit all of them.
+        let mut etags = Vec::with_capacity(decided.len());
+        for (key, row) in decided {
+            match row {
+                Some(mut e) => {
+                    *sequence += 1;
+                    let etag = format!(
+                        "W/\"datetime'{}'-{}\"",
+                        super::entity::format_datetime(now),
+                        sequence
+                    );
+                    e.etag = Some(etag.clone());
+                    e.timestamp = Some(now);
+                    rows.insert(key, e);
+                    etags.push(Some(etag));
+                }
+                None => {
+                    rows.remove(&key);
+                    etags.push(None);
+                }
+            }
+        }
+        Ok(etags)
+    }
+}
+
+#[async_trait]
+impl TableStore for InMemoryStorage {
+    async fn create_table_if_not_exists(&self, table: &str) -> StorageResult<()> {
+        self.counters.record(StorageOp::TableAdmin);
+        self.lock().tables.entry(table.to_ascii_lowercase()).or_default();
+        Ok(())
+    }
+
+    async fn delete_table_if_exists(&self, table: &str) -> StorageResult<()> {
+        self.counters.record(StorageOp::TableAdmin);
+        self.lock().tables.remove(&table.to_ascii_lowercase());
+        Ok(())
+    }
+
+    async fn get_entity(
+        &self,
+        table: &str,
+        partition_key: &str,
+        row_key: &str,
+    ) -> StorageResult<Option<TableEntity>> {
+        self.counters.record(StorageOp::TableQuery);
+        let mut s = self.lock();
+        let rows = table_mut(&mut s, table, "table query")?;
+        Ok(rows.get(&(partition_key.to_owned(), row_key.to_owned())).cloned())
+    }
+
+    async fn query(
+        &self,
+        table: &str,
+        filter: Option<&str>,
+        select: Option<&[&str]>,
+        top: Option<u32>,
+        continuation: Option<TableContinuation>,
+    ) -> StorageResult<EntityPage> {
+        const OP: &str = "table query";
+        self.counters.record(StorageOp::TableQuery);
+        let filter = filter
+            .map(filter::parse)
+            .transpose()
+            .map_err(|e| fail(StorageErrorKind::InvalidInput, OP, 400, "InvalidInput", e))?;
+        let page_size = top
+            .map_or(MAX_QUERY_PAGE, |t| usize::try_from(t).unwrap_or(MAX_QUERY_PAGE))
+            .clamp(1, MAX_QUERY_PAGE);
+        let mut s = self.lock();
+        let rows = table_mut(&mut s, table, OP)?;
+        let start = continuation
+            .map(|c| (c.next_partition_key, c.next_row_key.unwrap_or_default()))
+            .unwrap_or_default();
+        let mut matching = rows
+            .range(start..)
+            .map(|(_, e)| e)
+            .filter(|e| filter.as_ref().is_none_or(|f| f.matches(e)));
+        let mut entities: Vec<TableEntity> = matching.by_ref().take(page_size).cloned().collect();
+        let continuation = matching.next().map(|e| TableContinuation {
+            next_partition_key: e.partition_key.clone(),
+            next_row_key: Some(e.row_key.clone()),
+        });
+        if let Some(cols) = select {
+            for e in &mut entities {
+                e.properties.retain(|name, _| cols.contains(&name.as_str()));
+            }
+        }
+        Ok(EntityPage { entities, continuation })
+    }
+
+    async fn write(&self, table: &str, op: BatchOp) -> StorageResult<Option<String>> {
+        let mut etags = self.batch_inner(table, vec![op], StorageOp::TableWrite, "table write")?;
+        Ok(etags.pop().flatten())
+    }
+
+    async fn batch(&self, table: &str, ops: Vec<BatchOp>) -> StorageResult<Vec<Option<String>>> {
+        self.batch_inner(table, ops, StorageOp::TableBatch, "table batch")
+    }
+}
+
+fn check_lease_id(operation: &'static str, id: &str) -> StorageResult<()> {
+    uuid::Uuid::parse_str(id).map(drop).map_err(|_| invalid(operation, "lease IDs must be GUIDs"))
+}
+
+fn container_mut<'a>(
+    s: &'a mut State,
+    container: &str,
+    operation: &'static str,
+) -> StorageResult<&'a mut BTreeMap<String, Blob>> {
+    s.containers
+        .get_mut(container)
+        .ok_or_else(|| not_found(operation, "ContainerNotFound", "the container"))
+}
+
+fn blob_mut<'a>(
+    s: &'a mut State,
+    container: &str,
+    name: &str,
+    operation: &'static str,
+) -> StorageResult<&'a mut Blob> {
+    container_mut(s, container, operation)?
+        .get_mut(name)
+        .ok_or_else(|| not_found(operation, "BlobNotFound", "the blob"))
+}
+
+fn lease_conflict(operation: &'static str, code: &str, message: &str) -> StorageError {
+    fail(StorageErrorKind::Conflict, operation, 409, code, message)
+}
+
+fn no_lease(operation: &'static str) -> StorageError {
+    lease_conflict(operation, "LeaseNotPresentWithLeaseOperation", "there is no lease on the blob")
+}
+
+fn other_lease(operation: &'static str) -> StorageError {
+    lease_conflict(
+        operation,
+        "LeaseIdMismatchWithLeaseOperation",
+        "the lease ID does not match the blob's lease",
+    )
+}
+
+fn blob_precondition(operation: &'static str, code: &str, message: &str) -> StorageError {
+    fail(StorageErrorKind::PreconditionFailed, operation, 412, code, message)
+}
+
+#[async_trait]
+impl BlobStore for InMemoryStorage {
+    async fn create_container_if_not_exists(&self, container: &str) -> StorageResult<()> {
+        self.counters.record(StorageOp::BlobAdmin);
+        self.lock().containers.entry(container.to_owned()).or_default();
+        Ok(())
+    }
+
+    async fn delete_container_if_exists(&self, container: &str) -> StorageResult<()> {
+        self.counters.record(StorageOp::BlobAdmin);
+        self.lock().containers.remove(container);
+        Ok(())
+    }
+
+    async fn put_blob(
+        &self,
+        container: &str,
+        name: &str,
+        data: Vec<u8>,
+        lease_id: Option<&str>,
+    ) -> StorageResult<()> {
+        const OP: &str = "put blob";
+        if let Some(l) = lease_id {
+            check_lease_id(OP, l)?;
+        }
+        self.counters.record(StorageOp::BlobPut);
+        let now = self.now();
+        let mut s = self.lock();
+        let blobs = container_mut(&mut s, container, OP)?;
+        let Some(blob) = blobs.get_mut(name) else {
+            if lease_id.is_some() {
+                return Err(blob_precondition(
+                    OP,
+                    "LeaseNotPresentWithBlobOperation",
+                    "there is no lease on the blob",
+                ));
+            }
+            blobs.insert(name.to_owned(), Blob { data, lease: None });
+            return Ok(());
+        };
+        match (blob.lease_state(now), lease_id) {
+            (LeaseState::Leased(_), None) => {
+                return Err(blob_precondition(
+                    OP,
+                    "LeaseIdMissing",
+                    "the blob is leased and no lease ID was given",
+                ));
+            }
+            (LeaseState::Leased(held), Some(given)) if !held.eq_ignore_ascii_case(given) => {
+                return Err(blob_precondition(
+                    OP,
+                    "LeaseIdMismatchWithBlobOperation",
+                    "the lease ID does not match the blob's lease",
+                ));
+            }
+            (LeaseState::Leased(_), Some(_)) => {}
+            (_, Some(_)) => {
+                return Err(blob_precondition(
+                    OP,
+                    "LeaseNotPresentWithBlobOperation",
+                    "there is no lease on the blob",
+                ));
+            }
+            // A write after a lease expired or was released ends that lease for good (it can no
+            // longer be renewed).
+            (_, None) => blob.lease = None,
+        }
+        blob.data = data;
+        Ok(())
+    }
+
+    async fn get_blob(&self, container: &str, name: &str) -> StorageResult<Option<Vec<u8>>> {
+        self.counters.record(StorageOp::BlobGet);
+        let s = self.lock();
+        Ok(s.containers.get(container).and_then(|c| c.get(name)).map(|b| b.data.clone()))
+    }
+
+    async fn delete_blob_if_exists(&self, container: &str, name: &str) -> StorageResult<()> {
+        const OP: &str = "delete blob";
+        self.counters.record(StorageOp::BlobDelete);
+        let now = self.now();
+        let mut s = self.lock();
+        let Some(blobs) = s.containers.get_mut(container) else { return Ok(()) };
+        if let Some(blob) = blobs.get(name) {
+            if let LeaseState::Leased(_) = blob.lease_state(now) {
+                return Err(blob_precondition(
+                    OP,
+                    "LeaseIdMissing",
+                    "the blob is leased and no lease ID was given",
+                ));
+            }
+            blobs.remove(name);
+        }
+        Ok(())
+    }
+
+    async fn list_blobs(&self, container: &str, prefix: &str) -> StorageResult<Vec<String>> {
+        // AzureStorage counts one call per page plus the poll that finds no further page.
+        self.counters.record(StorageOp::BlobList);
+        let mut s = self.lock();
+        let blobs = container_mut(&mut s, container, "list blobs")?;
+        let names: Vec<String> = blobs.keys().filter(|n| n.starts_with(prefix)).cloned().collect();
+        for _ in 0..names.len().div_ceil(LIST_PAGE).max(1) {
+            self.counters.record(StorageOp::BlobList);
+        }
+        Ok(names)
+    }
+
+    async fn acquire_lease(
+        &self,
+        container: &str,
+        name: &str,
+        duration: Duration,
+        proposed_lease_id: &str,
+    ) -> StorageResult<()> {
+        const OP: &str = "acquire lease";
+        let secs = lease_duration_secs(OP, duration)?;
+        check_lease_id(OP, proposed_lease_id)?;
+        self.counters.record(StorageOp::BlobLease);
+        let now = self.now();
+        let mut s = self.lock();
+        let blob = blob_mut(&mut s, container, name, OP)?;
+        if let LeaseState::Leased(held) = blob.lease_state(now) {
+            if !held.eq_ignore_ascii_case(proposed_lease_id) {
+                return Err(lease_conflict(
+                    OP,
+                    "LeaseAlreadyPresent",
+                    "there is already a lease present",
+                ));
+            }
+        }
+        let duration = secs.map(|s| Duration::from_secs(u64::from(s)));
+        blob.lease = Some(Lease {
+            id: proposed_lease_id.to_owned(),
+            duration,
+            expires: duration.map(|d| now + d),
+            released: false,
+        });
+        Ok(())
+    }
+
+    async fn renew_lease(&self, container: &str, name: &str, lease_id: &str) -> StorageResult<()> {
+        const OP: &str = "renew lease";
+        check_lease_id(OP, lease_id)?;
+        self.counters.record(StorageOp::BlobLease);
+        let now = self.now();
+        let mut s = self.lock();
+        let blob = blob_mut(&mut s, container, name, OP)?;
+        match blob.lease_state(now) {
+            LeaseState::Available => return Err(no_lease(OP)),
+            LeaseState::Leased(held) | LeaseState::Expired(held) | LeaseState::Released(held)
+                if !held.eq_ignore_ascii_case(lease_id) =>
+            {
+                return Err(other_lease(OP));
+            }
+            _ => {}
+        }
+        if let Some(l) = blob.lease.as_mut() {
+            l.expires = l.duration.map(|d| now + d);
+            l.released = false;
+        }
+        Ok(())
+    }
+
+    async fn release_lease(
+        &self,
+        container: &str,
+        name: &str,
+        lease_id: &str,
+    ) -> StorageResult<()> {
+        const OP: &str = "release lease";
+        check_lease_id(OP, lease_id)?;
+        self.counters.record(StorageOp::BlobLease);
+        let now = self.now();
+        let mut s = self.lock();
+        let blob = blob_mut(&mut s, container, name, OP)?;
+        match blob.lease_state(now) {
+            LeaseState::Available => return Err(no_lease(OP)),
+            LeaseState::Leased(held) | LeaseState::Expired(held) | LeaseState::Released(held)
+                if !held.eq_ignore_ascii_case(lease_id) =>
+            {
+                return Err(other_lease(OP));
+            }
+            _ => {}
+        }
+        if let Some(l) = blob.lease.as_mut() {
+            l.released = true;
+        }
+        Ok(())
+    }
+
+    async fn change_lease(
+        &self,
+        container: &str,
+        name: &str,
+        lease_id: &str,
+        proposed_lease_id: &str,
+    ) -> StorageResult<()> {
+        const OP: &str = "change lease";
+        check_lease_id(OP, lease_id)?;
+        check_lease_id(OP, proposed_lease_id)?;
+        self.counters.record(StorageOp::BlobLease);
+        let now = self.now();
+        let mut s = self.lock();
+        let blob = blob_mut(&mut s, container, name, OP)?;
+        match blob.lease_state(now) {
+            LeaseState::Leased(held) => {
+                // Repeating a change that already happened succeeds.
+                if !held.eq_ignore_ascii_case(lease_id)
+                    && !held.eq_ignore_ascii_case(proposed_lease_id)
+                {
+                    return Err(other_lease(OP));
+                }
+            }
+            _ => return Err(no_lease(OP)),
+        }
+        if let Some(l) = blob.lease.as_mut() {
+            l.id = proposed_lease_id.to_owned();
+        }
+        Ok(())
+    }
+}
