@@ -523,6 +523,11 @@ impl BlobStore for AzureStorage {
         match self.call(StorageOp::BlobGet, "get blob", client.get_content()).await {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == StorageErrorKind::NotFound => Ok(None),
+            // The SDK downloads in ranges, and the service refuses any range of a 0-byte blob
+            // with 416 `InvalidRange` (Azure and Azurite alike; azure-sdk-for-rust#3361).
+            Err(e) if e.status() == Some(416) && e.code() == Some("InvalidRange") => {
+                Ok(Some(Vec::new()))
+            }
             Err(e) => Err(e),
         }
     }

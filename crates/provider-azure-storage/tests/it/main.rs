@@ -8,5 +8,6 @@ mod fidelity;
 mod liveness;
 mod partitions;
 mod provider;
+mod storage_conformance;
 mod storage_layer;
 mod support;
