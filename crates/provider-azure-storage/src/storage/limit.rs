@@ -225,3 +225,193 @@ impl BlobStore for ConcurrencyLimitedStorage {
         self.blobs.change_lease(container, name, lease_id, proposed_lease_id).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A store whose every call takes 20 ms and records how many calls overlap.
+    #[derive(Debug, Default)]
+    struct Gauge {
+        now: AtomicUsize,
+        peak: AtomicUsize,
+        calls: AtomicUsize,
+    }
+
+    impl Gauge {
+        async fn call<T: Default>(&self) -> StorageResult<T> {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(n, Ordering::SeqCst);
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            Ok(T::default())
+        }
+    }
+
+    #[async_trait]
+    impl QueueStore for Gauge {
+        async fn create_queue_if_not_exists(&self, _: &str) -> StorageResult<()> {
+            self.call().await
+        }
+        async fn delete_queue_if_exists(&self, _: &str) -> StorageResult<()> {
+            self.call().await
+        }
+        async fn put_message(&self, _: &str, _: &str, _: Duration) -> StorageResult<()> {
+            self.call().await
+        }
+        async fn get_messages(
+            &self,
+            _: &str,
+            _: u8,
+            _: Duration,
+        ) -> StorageResult<Vec<ReceivedMessage>> {
+            self.call().await
+        }
+        async fn delete_message(&self, _: &str, _: &str, _: &str) -> StorageResult<()> {
+            self.call().await
+        }
+        async fn update_message(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: Duration,
+        ) -> StorageResult<String> {
+            self.call().await
+        }
+        async fn approximate_message_count(&self, _: &str) -> StorageResult<u64> {
+            self.call().await
+        }
+    }
+
+    #[async_trait]
+    impl TableStore for Gauge {
+        async fn create_table_if_not_exists(&self, _: &str) -> StorageResult<()> {
+            self.call().await
+        }
+        async fn delete_table_if_exists(&self, _: &str) -> StorageResult<()> {
+            self.call().await
+        }
+        async fn get_entity(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+        ) -> StorageResult<Option<TableEntity>> {
+            self.call().await
+        }
+        async fn query(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: Option<&[&str]>,
+            _: Option<u32>,
+            _: Option<TableContinuation>,
+        ) -> StorageResult<EntityPage> {
+            self.call().await
+        }
+        async fn write(&self, _: &str, _: BatchOp) -> StorageResult<Option<String>> {
+            self.call().await
+        }
+        async fn batch(&self, _: &str, _: Vec<BatchOp>) -> StorageResult<Vec<Option<String>>> {
+            self.call().await
+        }
+    }
+
+    #[async_trait]
+    impl BlobStore for Gauge {
+        async fn create_container_if_not_exists(&self, _: &str) -> StorageResult<()> {
+            self.call().await
+        }
+        async fn delete_container_if_exists(&self, _: &str) -> StorageResult<()> {
+            self.call().await
+        }
+        async fn put_blob(
+            &self,
+            _: &str,
+            _: &str,
+            _: Vec<u8>,
+            _: Option<&str>,
+        ) -> StorageResult<()> {
+            self.call().await
+        }
+        async fn get_blob(&self, _: &str, _: &str) -> StorageResult<Option<Vec<u8>>> {
+            self.call().await
+        }
+        async fn delete_blob_if_exists(&self, _: &str, _: &str) -> StorageResult<()> {
+            self.call().await
+        }
+        async fn list_blobs(&self, _: &str, _: &str) -> StorageResult<Vec<String>> {
+            self.call().await
+        }
+        async fn acquire_lease(&self, _: &str, _: &str, _: Duration, _: &str) -> StorageResult<()> {
+            self.call().await
+        }
+        async fn renew_lease(&self, _: &str, _: &str, _: &str) -> StorageResult<()> {
+            self.call().await
+        }
+        async fn release_lease(&self, _: &str, _: &str, _: &str) -> StorageResult<()> {
+            self.call().await
+        }
+        async fn change_lease(&self, _: &str, _: &str, _: &str, _: &str) -> StorageResult<()> {
+            self.call().await
+        }
+    }
+
+    /// 30 concurrent calls of every trait (queue put and get, table query and batch, blob get
+    /// and lease renew) through `q`, `t` and `b`.
+    async fn storm(q: &dyn QueueStore, t: &dyn TableStore, b: &dyn BlobStore) {
+        let mut calls: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>> =
+            Vec::new();
+        for _ in 0..5 {
+            calls.push(Box::pin(async { q.put_message("q", "m", Duration::ZERO).await.is_ok() }));
+            calls.push(Box::pin(async { q.get_messages("q", 32, Duration::ZERO).await.is_ok() }));
+            calls.push(Box::pin(async { t.query("t", None, None, None, None).await.is_ok() }));
+            calls.push(Box::pin(async { t.batch("t", Vec::new()).await.is_ok() }));
+            calls.push(Box::pin(async { b.get_blob("c", "b").await.is_ok() }));
+            calls.push(Box::pin(async { b.renew_lease("c", "b", "l").await.is_ok() }));
+        }
+        assert!(futures::future::join_all(calls).await.into_iter().all(|ok| ok));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_most_n_calls_of_any_kind_are_in_flight() {
+        for max in [1, 3] {
+            let gauge = Arc::new(Gauge::default());
+            let limited =
+                ConcurrencyLimitedStorage::new(gauge.clone(), gauge.clone(), gauge.clone(), max);
+            storm(&limited, &limited, &limited).await;
+            assert_eq!(gauge.calls.load(Ordering::SeqCst), 30);
+            // The limit is reached and never exceeded.
+            assert_eq!(gauge.peak.load(Ordering::SeqCst), max, "limit {max}");
+            assert_eq!(limited.in_flight(), 0);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_the_limiter_the_same_calls_overlap() {
+        // The gauge sees the overlap the limiter removes: the test above can fail.
+        let gauge = Gauge::default();
+        storm(&gauge, &gauge, &gauge).await;
+        assert!(gauge.peak.load(Ordering::SeqCst) > 3, "{gauge:?}");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_call_that_is_dropped_frees_its_place() {
+        let gauge = Arc::new(Gauge::default());
+        let limited = ConcurrencyLimitedStorage::new(gauge.clone(), gauge.clone(), gauge, 1);
+        let slow = limited.put_message("q", "a", Duration::ZERO);
+        let waiting = limited.put_message("q", "b", Duration::ZERO);
+        // The second call times out while waiting for the permit; the first completes.
+        let (first, second) =
+            tokio::join!(slow, tokio::time::timeout(Duration::from_millis(5), waiting));
+        first.unwrap();
+        assert!(second.is_err());
+        assert_eq!(limited.in_flight(), 0);
+        assert_eq!(limited.max_concurrent(), 1);
+        limited.put_message("q", "c", Duration::ZERO).await.unwrap();
+    }
+}

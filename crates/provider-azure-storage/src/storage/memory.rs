@@ -11,7 +11,7 @@
 mod filter;
 
 use super::azure::{check_entity_size, lease_duration_secs, whole_seconds_up};
-use super::entity::TableEntity;
+use super::entity::{EdmValue, TableEntity};
 use super::{
     BatchOp, BlobStore, EntityPage, MAX_BATCH_BYTES, MAX_BATCH_OPERATIONS, QueueStore,
     ReceivedMessage, StorageCounters, StorageError, StorageErrorKind, StorageOp, StorageResult,
@@ -213,6 +213,22 @@ fn received_mut<'a>(
     Ok((i, m))
 }
 
+/// The longest visibility the service accepts (7 days).
+const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn check_visibility(operation: &'static str, d: Duration) -> StorageResult<()> {
+    if whole_seconds_up(d) > MAX_VISIBILITY {
+        return Err(fail(
+            StorageErrorKind::InvalidInput,
+            operation,
+            400,
+            "OutOfRangeQueryParameterValue",
+            format!("visibility of {} s is over 7 days", d.as_secs()),
+        ));
+    }
+    Ok(())
+}
+
 fn check_message_size(operation: &'static str, text: &str) -> StorageResult<()> {
     if text.len() > MAX_QUEUE_MESSAGE_BYTES {
         return Err(fail(
@@ -255,6 +271,7 @@ impl QueueStore for InMemoryStorage {
         let mut s = self.lock();
         let messages = queue_mut(&mut s, queue, OP)?;
         check_message_size(OP, text)?;
+        check_visibility(OP, initial_visibility)?;
         messages.push(Message {
             id: new_id(),
             pop_receipt: new_id(),
@@ -281,11 +298,15 @@ impl QueueStore for InMemoryStorage {
         let next_visible = now + whole_seconds_up(visibility);
         let mut s = self.lock();
         let messages = queue_mut(&mut s, queue, OP)?;
-        // Visible messages in the order they were put (what Azurite does; Azure promises no
-        // order).
-        Ok(messages
-            .iter_mut()
-            .filter(|m| m.next_visible <= now)
+        check_visibility(OP, visibility)?;
+        // Visible messages in the order they became visible, ties in the order they were put
+        // (what Azurite does: strictly FIFO; Azure promises no order, which `FaultyStorage`
+        // simulates).
+        let mut visible: Vec<&mut Message> =
+            messages.iter_mut().filter(|m| m.next_visible <= now).collect();
+        visible.sort_by_key(|m| m.next_visible);
+        Ok(visible
+            .into_iter()
             .take(usize::from(max))
             .map(|m| {
                 m.dequeue_count += 1;
@@ -328,6 +349,7 @@ impl QueueStore for InMemoryStorage {
         let messages = queue_mut(&mut s, queue, OP)?;
         let (_, m) = received_mut(messages, id, pop_receipt, OP)?;
         check_message_size(OP, text)?;
+        check_visibility(OP, visibility)?;
         m.text = text.to_owned();
         m.pop_receipt = new_id();
         m.next_visible = now + whole_seconds_up(visibility);
@@ -340,6 +362,56 @@ impl QueueStore for InMemoryStorage {
         let messages = queue_mut(&mut s, queue, "get queue metadata")?;
         Ok(u64::try_from(messages.len()).unwrap_or(u64::MAX))
     }
+}
+
+/// Longest key (UTF-16 code units) the service accepts.
+const MAX_KEY_UNITS: usize = 512;
+/// Longest string or binary property value (64 KiB; strings count UTF-16 bytes).
+const MAX_PROPERTY_BYTES: usize = 64 * 1024;
+/// Most custom properties per entity (255 with PartitionKey, RowKey and Timestamp).
+const MAX_CUSTOM_PROPERTIES: usize = 252;
+
+/// What the service refuses in an entity: forbidden key characters (`/ \ # ?` and control
+/// characters), keys over 512 UTF-16 units, string or binary values over 64 KiB, more than 252
+/// custom properties. (Azurite enforces all but the property count.)
+fn check_entity(operation: &'static str, e: &TableEntity) -> StorageResult<()> {
+    let bad = |code: &str, m: String| fail(StorageErrorKind::InvalidInput, operation, 400, code, m);
+    for (name, key) in [("PartitionKey", &e.partition_key), ("RowKey", &e.row_key)] {
+        let forbidden = |c: char| {
+            matches!(c, '/' | '\\' | '#' | '?')
+                || ('\u{0}'..='\u{1f}').contains(&c)
+                || ('\u{7f}'..='\u{9f}').contains(&c)
+        };
+        if key.chars().any(forbidden) {
+            return Err(bad("OutOfRangeInput", format!("{name} contains a forbidden character")));
+        }
+        if key.encode_utf16().count() > MAX_KEY_UNITS {
+            return Err(bad(
+                "OutOfRangeInput",
+                format!("{name} is over {MAX_KEY_UNITS} characters"),
+            ));
+        }
+    }
+    if e.properties.len() > MAX_CUSTOM_PROPERTIES {
+        return Err(bad(
+            "TooManyProperties",
+            format!("{} properties; the limit is {MAX_CUSTOM_PROPERTIES}", e.properties.len()),
+        ));
+    }
+    for (name, value) in &e.properties {
+        let bytes = match value {
+            EdmValue::String(v) => v.encode_utf16().count() * 2,
+            EdmValue::Binary(v) => v.len(),
+            _ => 0,
+        };
+        if bytes > MAX_PROPERTY_BYTES {
+            return Err(bad(
+                "PropertyValueTooLarge",
+                format!("property {name} is {bytes} bytes; the limit is {MAX_PROPERTY_BYTES}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 type Rows = BTreeMap<(String, String), TableEntity>;
@@ -462,6 +534,7 @@ impl InMemoryStorage {
                     "a transaction touches one row at most once; nothing was written",
                 ));
             }
+            check_entity(operation, &op.entity)?;
             let key = (partition_key.clone(), op.entity.row_key.clone());
             decided.push((key.clone(), decide(rows.get(&key), op, operation)?));
         }
@@ -761,7 +834,9 @@ impl BlobStore for InMemoryStorage {
         let blob = blob_mut(&mut s, container, name, OP)?;
         match blob.lease_state(now) {
             LeaseState::Available => return Err(no_lease(OP)),
-            LeaseState::Leased(held) | LeaseState::Expired(held) | LeaseState::Released(held)
+            // A released lease is over (Azurite answers this 409; an expired one is renewable).
+            LeaseState::Released(_) => return Err(other_lease(OP)),
+            LeaseState::Leased(held) | LeaseState::Expired(held)
                 if !held.eq_ignore_ascii_case(lease_id) =>
             {
                 return Err(other_lease(OP));

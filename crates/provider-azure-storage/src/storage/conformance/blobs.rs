@@ -43,7 +43,10 @@ pub async fn blob_put_get_delete_list(f: &dyn StorageFactory) {
     let missing = st.container("missing");
     assert!(b.get_blob(&missing, "x").await.unwrap().is_none());
     b.delete_blob_if_exists(&missing, "x").await.unwrap();
-    assert_eq!(kind(b.put_blob(&missing, "x", b"x".to_vec(), None).await), StorageErrorKind::NotFound);
+    assert_eq!(
+        kind(b.put_blob(&missing, "x", b"x".to_vec(), None).await),
+        StorageErrorKind::NotFound
+    );
     assert_eq!(kind(b.list_blobs(&missing, "").await), StorageErrorKind::NotFound);
     b.delete_container_if_exists(&c).await.unwrap();
     b.delete_container_if_exists(&c).await.unwrap();
@@ -141,5 +144,24 @@ pub async fn blob_lease_expiry(f: &dyn StorageFactory) {
     for (name, id) in [("taken", B), ("kept", A), ("forever", A)] {
         s.release_lease(&c, name, id).await.unwrap();
     }
+    s.delete_container_if_exists(&c).await.unwrap();
+}
+
+/// Repeated changes, renewing a released lease, leasing a released blob.
+pub async fn blob_lease_edge_cases(f: &dyn StorageFactory) {
+    let st = sut!(f, "storage::blob_lease_edge_cases");
+    let s = &*st.stores.blobs;
+    let c = container(&st, "leases").await;
+    s.put_blob(&c, "x", b"x".to_vec(), None).await.unwrap();
+    s.acquire_lease(&c, "x", SECS_15, A).await.unwrap();
+    s.change_lease(&c, "x", A, A2).await.unwrap();
+    // The same change again (a retry after a lost answer) succeeds.
+    s.change_lease(&c, "x", A, A2).await.unwrap();
+    s.renew_lease(&c, "x", A2).await.unwrap();
+    s.release_lease(&c, "x", A2).await.unwrap();
+    // A released lease is gone: its holder cannot renew or release it again.
+    assert_eq!(kind(s.renew_lease(&c, "x", A2).await), StorageErrorKind::Conflict);
+    s.acquire_lease(&c, "x", SECS_15, B).await.unwrap();
+    s.release_lease(&c, "x", B).await.unwrap();
     s.delete_container_if_exists(&c).await.unwrap();
 }

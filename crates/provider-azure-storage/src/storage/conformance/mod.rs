@@ -129,12 +129,8 @@ impl MemoryFactory {
     /// Under [`RetryingStorage`] with the default policy.
     pub fn retrying() -> Self {
         Self::wrapped(|s| {
-            let r = Arc::new(RetryingStorage::new(
-                s.queues,
-                s.tables,
-                s.blobs,
-                RetryPolicy::default(),
-            ));
+            let r =
+                Arc::new(RetryingStorage::new(s.queues, s.tables, s.blobs, RetryPolicy::default()));
             Stores { queues: r.clone(), tables: r.clone(), blobs: r }
         })
     }
@@ -188,6 +184,8 @@ macro_rules! storage_conformance_tests {
             queue_count_includes_invisible_messages,
             queue_message_size_limit,
             queue_receive_batch_limits,
+            queue_redelivery_order,
+            queue_visibility_limit,
             table_admin_is_idempotent_and_missing_tables_are_not_found,
             table_write_modes,
             table_batch_guarded_by_sentinel_etag,
@@ -196,10 +194,13 @@ macro_rules! storage_conformance_tests {
             table_query_filters,
             table_query_select_top_and_continuation,
             table_property_types_round_trip,
+            table_batch_refuses_duplicate_rows,
+            table_service_side_limits,
             blob_put_get_delete_list,
             blob_lease_excludes_a_second_owner,
             blob_lease_outcomes,
             blob_lease_expiry,
+            blob_lease_edge_cases,
             calls_are_counted_by_kind,
         );
     };

@@ -103,9 +103,11 @@ pub async fn queue_stale_pop_receipts_are_refused(f: &dyn StorageFactory) {
     assert_eq!(e.kind(), StorageErrorKind::PreconditionFailed, "{e}");
     assert!(e.is_message_gone());
     // An update replaces the receipt, so the one it was given is stale too.
-    let third = q.update_message(&name, &second.id, &second.pop_receipt, "m", SECS_30).await.unwrap();
+    let third =
+        q.update_message(&name, &second.id, &second.pop_receipt, "m", SECS_30).await.unwrap();
     assert_ne!(third, second.pop_receipt);
-    let e = q.update_message(&name, &second.id, &second.pop_receipt, "m", SECS_30).await.unwrap_err();
+    let e =
+        q.update_message(&name, &second.id, &second.pop_receipt, "m", SECS_30).await.unwrap_err();
     assert_eq!(e.kind(), StorageErrorKind::PreconditionFailed, "{e}");
     let e = q.delete_message(&name, &second.id, &second.pop_receipt).await.unwrap_err();
     assert_eq!(e.kind(), StorageErrorKind::PreconditionFailed, "{e}");
@@ -129,7 +131,10 @@ pub async fn queue_update_changes_text_and_visibility(f: &dyn StorageFactory) {
     let m = receive_one(q, &name, SECS_30).await;
     q.update_message(&name, &m.id, &m.pop_receipt, "v2", Duration::ZERO).await.unwrap();
     let again = receive_one(q, &name, SECS_30).await;
-    assert_eq!((again.id.as_str(), again.text.as_str(), again.dequeue_count), (m.id.as_str(), "v2", 2));
+    assert_eq!(
+        (again.id.as_str(), again.text.as_str(), again.dequeue_count),
+        (m.id.as_str(), "v2", 2)
+    );
     // Hide it for 1 s by update: invisible now, visible after 2.5 s.
     q.update_message(&name, &again.id, &again.pop_receipt, "v3", Duration::from_secs(1))
         .await
@@ -205,5 +210,42 @@ pub async fn queue_receive_batch_limits(f: &dyn StorageFactory) {
     }
     assert_eq!(q.get_messages(&name, 32, SECS_30).await.unwrap().len(), 32);
     assert_eq!(q.get_messages(&name, 32, SECS_30).await.unwrap().len(), 2);
+    q.delete_queue_if_exists(&name).await.unwrap();
+}
+
+/// A redelivered message and newer messages: the order of one receive once both are visible.
+pub async fn queue_redelivery_order(f: &dyn StorageFactory) {
+    let s = sut!(f, "storage::queue_redelivery_order");
+    let q = &*s.stores.queues;
+    let name = queue(&s, "q").await;
+    q.put_message(&name, "old", Duration::ZERO).await.unwrap();
+    receive_one(q, &name, Duration::from_secs(1)).await;
+    q.put_message(&name, "new", Duration::ZERO).await.unwrap();
+    s.time.pass(Duration::from_millis(2500)).await;
+    let got = q.get_messages(&name, 32, SECS_30).await.unwrap();
+    let texts: Vec<&str> = got.iter().map(|m| m.text.as_str()).collect();
+    // Azurite orders by the time a message became visible: the newer one first.
+    assert_eq!(texts, ["new", "old"]);
+    q.delete_queue_if_exists(&name).await.unwrap();
+}
+
+/// Visibility timeouts of more than 7 days are refused (put, receive and update).
+pub async fn queue_visibility_limit(f: &dyn StorageFactory) {
+    let s = sut!(f, "storage::queue_visibility_limit");
+    let q = &*s.stores.queues;
+    let name = queue(&s, "q").await;
+    let week = Duration::from_secs(7 * 24 * 3600);
+    let eight_days = Duration::from_secs(8 * 24 * 3600);
+    let e = q.put_message(&name, "x", eight_days).await.unwrap_err();
+    assert_eq!(e.kind(), StorageErrorKind::InvalidInput, "{e}");
+    q.put_message(&name, "later", week).await.unwrap();
+    q.put_message(&name, "now", Duration::ZERO).await.unwrap();
+    let e = q.get_messages(&name, 1, eight_days).await.unwrap_err();
+    assert_eq!(e.kind(), StorageErrorKind::InvalidInput, "{e}");
+    let m = receive_one(q, &name, week).await;
+    assert_eq!(m.text, "now");
+    let e = q.update_message(&name, &m.id, &m.pop_receipt, "x", eight_days).await.unwrap_err();
+    assert_eq!(e.kind(), StorageErrorKind::InvalidInput, "{e}");
+    assert_eq!(q.approximate_message_count(&name).await.unwrap(), 2);
     q.delete_queue_if_exists(&name).await.unwrap();
 }

@@ -33,7 +33,10 @@ pub async fn table_admin_is_idempotent_and_missing_tables_are_not_found(f: &dyn 
     let kinds = [
         t.get_entity(&missing, "p", "r").await.unwrap_err().kind(),
         t.query(&missing, None, None, None, None).await.unwrap_err().kind(),
-        t.write(&missing, op(WriteMode::Upsert, TableEntity::new("p", "r"))).await.unwrap_err().kind(),
+        t.write(&missing, op(WriteMode::Upsert, TableEntity::new("p", "r")))
+            .await
+            .unwrap_err()
+            .kind(),
     ];
     assert_eq!(kinds, [StorageErrorKind::NotFound; 3]);
 }
@@ -62,13 +65,23 @@ pub async fn table_write_modes(f: &dyn StorageFactory) {
     assert!(read.timestamp.is_some());
 
     // Merge keeps other properties; replace drops them.
-    let etag2 = write(WriteMode::Merge(Some(etag1.clone())), e(&[("A", "2")])).await.unwrap().unwrap();
+    let etag2 =
+        write(WriteMode::Merge(Some(etag1.clone())), e(&[("A", "2")])).await.unwrap().unwrap();
     assert_ne!(etag1, etag2);
     let read = t.get_entity(&name, "p", "r").await.unwrap().unwrap();
     assert_eq!((read.get_str("A"), read.get_str("B")), (Some("2"), Some("1")));
-    assert_eq!(kind(write(WriteMode::Replace(Some(etag1.clone())), e(&[])).await), PreconditionFailed);
-    assert_eq!(kind(write(WriteMode::Merge(Some(etag1.clone())), e(&[])).await), PreconditionFailed);
-    assert_eq!(kind(write(WriteMode::Delete(Some(etag1.clone())), e(&[])).await), PreconditionFailed);
+    assert_eq!(
+        kind(write(WriteMode::Replace(Some(etag1.clone())), e(&[])).await),
+        PreconditionFailed
+    );
+    assert_eq!(
+        kind(write(WriteMode::Merge(Some(etag1.clone())), e(&[])).await),
+        PreconditionFailed
+    );
+    assert_eq!(
+        kind(write(WriteMode::Delete(Some(etag1.clone())), e(&[])).await),
+        PreconditionFailed
+    );
     let etag3 = write(WriteMode::Replace(Some(etag2)), e(&[("C", "3")])).await.unwrap().unwrap();
     let read = t.get_entity(&name, "p", "r").await.unwrap().unwrap();
     assert_eq!((read.get_str("A"), read.get_str("C")), (None, Some("3")));
@@ -83,7 +96,10 @@ pub async fn table_write_modes(f: &dyn StorageFactory) {
     assert_eq!(read.properties.keys().collect::<Vec<_>>(), ["E"]);
     assert_eq!(read.etag.as_deref(), Some(etag5.as_str()));
     write(WriteMode::Merge(None), e(&[("F", "6")])).await.unwrap();
-    assert_eq!(write(WriteMode::Delete(Some(etag5)), e(&[])).await.map(|_| ()).unwrap_err().kind(), PreconditionFailed);
+    assert_eq!(
+        write(WriteMode::Delete(Some(etag5)), e(&[])).await.map(|_| ()).unwrap_err().kind(),
+        PreconditionFailed
+    );
     assert_eq!(write(WriteMode::Delete(None), e(&[])).await.unwrap(), None);
     assert!(t.get_entity(&name, "p", "r").await.unwrap().is_none());
     // Insert-or-merge and insert-or-replace create missing entities.
@@ -104,7 +120,8 @@ pub async fn table_batch_guarded_by_sentinel_etag(f: &dyn StorageFactory) {
     let t = &*st.stores.tables;
     let name = table(&st, "history").await;
     let sentinel = |n: i32| {
-        TableEntity::new("inst1", "sentinel").with("CheckpointCompletedTimestamp", EdmValue::Int32(n))
+        TableEntity::new("inst1", "sentinel")
+            .with("CheckpointCompletedTimestamp", EdmValue::Int32(n))
     };
     let row = |rk: &str| {
         TableEntity::new("inst1", rk)
@@ -114,7 +131,10 @@ pub async fn table_batch_guarded_by_sentinel_etag(f: &dyn StorageFactory) {
     let etags = t
         .batch(
             &name,
-            vec![op(WriteMode::Insert, sentinel(1)), op(WriteMode::Upsert, row("0000000000000000"))],
+            vec![
+                op(WriteMode::Insert, sentinel(1)),
+                op(WriteMode::Upsert, row("0000000000000000")),
+            ],
         )
         .await
         .unwrap();
@@ -123,7 +143,10 @@ pub async fn table_batch_guarded_by_sentinel_etag(f: &dyn StorageFactory) {
     let err = t
         .batch(
             &name,
-            vec![op(WriteMode::Insert, sentinel(9)), op(WriteMode::Upsert, row("00000000000000FF"))],
+            vec![
+                op(WriteMode::Insert, sentinel(9)),
+                op(WriteMode::Upsert, row("00000000000000FF")),
+            ],
         )
         .await
         .unwrap_err();
@@ -205,8 +228,14 @@ pub async fn table_batch_is_atomic_and_returns_etags_in_order(f: &dyn StorageFac
         .unwrap_err();
     assert_eq!(err.kind(), StorageErrorKind::NotFound, "{err}");
     assert!(t.get_entity(&name, "p", "c").await.unwrap().is_none());
-    let keys: Vec<String> =
-        t.query(&name, None, None, None, None).await.unwrap().entities.into_iter().map(|e| e.row_key).collect();
+    let keys: Vec<String> = t
+        .query(&name, None, None, None, None)
+        .await
+        .unwrap()
+        .entities
+        .into_iter()
+        .map(|e| e.row_key)
+        .collect();
     assert_eq!(keys, ["a", "b"]);
     t.delete_table_if_exists(&name).await.unwrap();
 }
@@ -243,7 +272,10 @@ pub async fn table_client_side_limits(f: &dyn StorageFactory) {
 }
 
 async fn keys(t: &dyn TableStore, table: &str, filter: &str) -> Vec<String> {
-    let page = t.query(table, Some(filter), None, None, None).await.unwrap_or_else(|e| panic!("{filter}: {e}"));
+    let page = t
+        .query(table, Some(filter), None, None, None)
+        .await
+        .unwrap_or_else(|e| panic!("{filter}: {e}"));
     page.entities.into_iter().map(|e| format!("{}/{}", e.partition_key, e.row_key)).collect()
 }
 
@@ -320,7 +352,8 @@ pub async fn table_query_select_top_and_continuation(f: &dyn StorageFactory) {
             let mut seen = Vec::new();
             let mut continuation: Option<TableContinuation> = None;
             for _ in 0..100 {
-                let page = t.query(&name, filter, Some(&["A"]), Some(top), continuation).await.unwrap();
+                let page =
+                    t.query(&name, filter, Some(&["A"]), Some(top), continuation).await.unwrap();
                 assert!(page.entities.len() <= top as usize, "page of {}", page.entities.len());
                 for e in &page.entities {
                     assert!(e.etag.is_some() && e.timestamp.is_some(), "{e:?}");
@@ -336,7 +369,8 @@ pub async fn table_query_select_top_and_continuation(f: &dyn StorageFactory) {
         }
     };
     assert_eq!(walk(None, 4).await, expected);
-    let odd: Vec<String> = expected.iter().filter(|k| k.ends_with(['1', '3', '5', '7'])).cloned().collect();
+    let odd: Vec<String> =
+        expected.iter().filter(|k| k.ends_with(['1', '3', '5', '7'])).cloned().collect();
     assert_eq!(walk(Some("Odd eq true"), 3).await, odd);
     let first = t.query(&name, None, None, Some(5), None).await.unwrap();
     assert_eq!(first.entities.len(), 5);
@@ -363,5 +397,63 @@ pub async fn table_property_types_round_trip(f: &dyn StorageFactory) {
     t.write(&name, op(WriteMode::Insert, e.clone())).await.unwrap();
     let back = t.get_entity(&name, "p", "r").await.unwrap().unwrap();
     assert_eq!(back.properties, e.properties);
+    t.delete_table_if_exists(&name).await.unwrap();
+}
+
+/// A batch that touches one row twice is refused and writes nothing.
+pub async fn table_batch_refuses_duplicate_rows(f: &dyn StorageFactory) {
+    let st = sut!(f, "storage::table_batch_duplicate_rows");
+    let t = &*st.stores.tables;
+    let name = table(&st, "t").await;
+    let err = t
+        .batch(
+            &name,
+            vec![
+                op(WriteMode::Upsert, TableEntity::new("p", "a")),
+                op(WriteMode::Upsert, TableEntity::new("p", "b")),
+                op(WriteMode::UpsertMerge, TableEntity::new("p", "a")),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StorageErrorKind::InvalidInput, "{err}");
+    assert!(t.query(&name, None, None, None, None).await.unwrap().entities.is_empty());
+    // Table names are case-insensitive.
+    t.write(&name.to_uppercase(), op(WriteMode::Upsert, TableEntity::new("p", "c"))).await.unwrap();
+    assert!(t.get_entity(&name, "p", "c").await.unwrap().is_some());
+    t.delete_table_if_exists(&name).await.unwrap();
+}
+
+/// What the service itself refuses (Azurite too): forbidden key characters, keys over 512
+/// UTF-16 units, string properties over 64 KiB (UTF-16). Such writes are sent (counted) and
+/// write nothing.
+pub async fn table_service_side_limits(f: &dyn StorageFactory) {
+    let st = sut!(f, "storage::table_service_side_limits");
+    let t = &*st.stores.tables;
+    let name = table(&st, "t").await;
+    let upsert = |e: TableEntity| t.write(&name, op(WriteMode::Upsert, e));
+    // (Azure also refuses a tab; Azurite accepts it in a batch, so only the in-memory tests
+    // check that.)
+    for pk in ["a/b", "a\\b", "a#b", "a?b", "a\u{1}b", "a\u{7f}b"] {
+        let e = upsert(TableEntity::new(pk, "r")).await.unwrap_err();
+        assert_eq!(e.kind(), StorageErrorKind::InvalidInput, "{pk:?}: {e}");
+        let e = upsert(TableEntity::new("p", pk)).await.unwrap_err();
+        assert_eq!(e.kind(), StorageErrorKind::InvalidInput, "{pk:?}: {e}");
+    }
+    for pk in ["it's", "%2F", "é😀", ""] {
+        upsert(TableEntity::new(pk, "r")).await.unwrap();
+        assert!(t.get_entity(&name, pk, "r").await.unwrap().is_some(), "{pk:?}");
+    }
+    upsert(TableEntity::new("x".repeat(512), "r")).await.unwrap();
+    let e = upsert(TableEntity::new("x".repeat(513), "r")).await.unwrap_err();
+    assert_eq!(e.kind(), StorageErrorKind::InvalidInput, "{e}");
+
+    let before = st.counters.snapshot();
+    upsert(TableEntity::new("p", "max").with("S", s(&"a".repeat(32 * 1024)))).await.unwrap();
+    let e =
+        upsert(TableEntity::new("p", "over").with("S", s(&"a".repeat(40_000)))).await.unwrap_err();
+    assert_eq!(e.kind(), StorageErrorKind::InvalidInput, "{e}");
+    assert!(t.get_entity(&name, "p", "over").await.unwrap().is_none());
+    assert_eq!(st.counters.snapshot().since(&before).get(crate::storage::StorageOp::TableWrite), 2);
     t.delete_table_if_exists(&name).await.unwrap();
 }
