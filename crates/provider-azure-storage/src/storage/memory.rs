@@ -908,3 +908,99 @@ impl BlobStore for InMemoryStorage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! What Azure does and Azurite does not (so the Azurite-backed suite cannot assert it), and
+    //! the in-memory store's own API. The shared behaviours are in the storage conformance suite.
+    use super::*;
+    use crate::storage::EdmValue;
+    use durabletask_core::ManualClock;
+
+    const A: &str = "11111111-1111-1111-1111-111111111111";
+    const B: &str = "22222222-2222-2222-2222-222222222222";
+
+    fn on_manual_clock() -> (InMemoryStorage, ManualClock) {
+        let clock = ManualClock::new(OffsetDateTime::now_utc());
+        (InMemoryStorage::with_clock(Arc::new(clock.clone())), clock)
+    }
+
+    #[tokio::test]
+    async fn a_write_under_a_lease_to_a_missing_blob_is_refused() {
+        // Azure: 412 LeaseNotPresentWithBlobOperation; Azurite creates the blob.
+        let s = InMemoryStorage::new();
+        s.create_container_if_not_exists("c").await.unwrap();
+        let e = s.put_blob("c", "missing", b"x".to_vec(), Some(A)).await.unwrap_err();
+        assert_eq!(e.kind(), StorageErrorKind::PreconditionFailed, "{e}");
+        assert_eq!(e.code(), Some("LeaseNotPresentWithBlobOperation"));
+        assert!(s.get_blob("c", "missing").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_not_renewable_after_someone_else_wrote_the_blob() {
+        // Azure refuses; Azurite accepts (Azurite#2352).
+        let (s, clock) = on_manual_clock();
+        s.create_container_if_not_exists("c").await.unwrap();
+        s.put_blob("c", "b", b"x".to_vec(), None).await.unwrap();
+        s.acquire_lease("c", "b", Duration::from_secs(15), A).await.unwrap();
+        clock.advance(Duration::from_secs(16));
+        s.put_blob("c", "b", b"someone else".to_vec(), None).await.unwrap();
+        let e = s.renew_lease("c", "b", A).await.unwrap_err();
+        assert_eq!(e.kind(), StorageErrorKind::Conflict, "{e}");
+        s.acquire_lease("c", "b", Duration::from_secs(15), B).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn keys_with_a_tab_and_entities_with_too_many_properties_are_refused() {
+        // Azure refuses both; Azurite accepts them in a batch.
+        let s = InMemoryStorage::new();
+        s.create_table_if_not_exists("t").await.unwrap();
+        let tab = TableEntity::new("a\tb", "r");
+        let e = s.write("t", BatchOp { mode: WriteMode::Upsert, entity: tab }).await.unwrap_err();
+        assert_eq!(e.kind(), StorageErrorKind::InvalidInput, "{e}");
+        let wide = |n: usize| {
+            (0..n).fold(TableEntity::new("p", "r"), |e, i| {
+                e.with(format!("P{i}"), EdmValue::Int32(1))
+            })
+        };
+        s.write("t", BatchOp { mode: WriteMode::Upsert, entity: wide(252) }).await.unwrap();
+        let e =
+            s.write("t", BatchOp { mode: WriteMode::Upsert, entity: wide(253) }).await.unwrap_err();
+        assert_eq!(e.code(), Some("TooManyProperties"), "{e}");
+        assert_eq!(s.get_entity("t", "p", "r").await.unwrap().unwrap().properties.len(), 252);
+    }
+
+    #[tokio::test]
+    async fn clones_share_state_clock_and_counters_and_stack_uses_them() {
+        let (s, clock) = on_manual_clock();
+        let other = s.clone();
+        s.create_queue_if_not_exists("q").await.unwrap();
+        other.put_message("q", "m", Duration::from_secs(5)).await.unwrap();
+        assert!(s.get_messages("q", 1, Duration::from_secs(1)).await.unwrap().is_empty());
+        clock.advance(Duration::from_secs(5));
+        let stack = s.stack("memory://account/hub-largemessages");
+        assert_eq!(
+            stack.queues.get_messages("q", 1, Duration::from_secs(1)).await.unwrap().len(),
+            1
+        );
+        assert_eq!(stack.large_messages_container_url, "memory://account/hub-largemessages");
+        assert_eq!(stack.counters.snapshot().get(StorageOp::QueueGet), 2);
+        assert!(format!("{s:?}").contains("queues: 1"));
+    }
+
+    #[tokio::test]
+    async fn timestamps_and_etags_come_from_the_clock_and_differ_per_write() {
+        let (s, clock) = on_manual_clock();
+        s.create_table_if_not_exists("t").await.unwrap();
+        let put = || {
+            s.write("t", BatchOp { mode: WriteMode::Upsert, entity: TableEntity::new("p", "r") })
+        };
+        let first = put().await.unwrap();
+        let second = put().await.unwrap();
+        assert_ne!(first, second, "two writes at the same instant still get different ETags");
+        clock.advance(Duration::from_secs(60));
+        put().await.unwrap();
+        let read = s.get_entity("t", "p", "r").await.unwrap().unwrap();
+        assert_eq!(read.timestamp, Some(truncate_100ns(clock.now())));
+    }
+}
