@@ -31,3 +31,39 @@ impl StorageFactory for AzuriteFactory {
 }
 
 durabletask_azure_storage::storage_conformance_tests!(AzuriteFactory);
+
+/// The provider conformance suite on the Azure Storage provider over [`InMemoryStorage`]: no
+/// Azurite, so it always runs. It shows the in-memory store carries the whole provider (queues,
+/// checkpoints, partition leases, large messages) the way Azurite does.
+mod provider_on_memory {
+    use crate::support::test_settings;
+    use durabletask_azure_storage::AzureStorageOrchestrationService;
+    use durabletask_azure_storage::storage::InMemoryStorage;
+    use durabletask_testkit::conformance::{ConformanceConfig, ProviderFactory, TestHub};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    pub(super) struct MemoryProviderFactory;
+
+    #[async_trait::async_trait]
+    impl ProviderFactory for MemoryProviderFactory {
+        async fn create_hub(&self) -> TestHub {
+            let settings = test_settings("provider_on_memory", 4);
+            let names = durabletask_azure_storage::ResourceNames::new(
+                &settings.task_hub_name,
+                settings.partition_count,
+            );
+            let url = format!("http://memory.invalid/account/{}", names.large_messages_container);
+            let stack = InMemoryStorage::new().stack(url);
+            let svc = AzureStorageOrchestrationService::with_storage(settings, stack)
+                .expect("valid settings");
+            TestHub { service: Arc::new(svc.clone()), client: Arc::new(svc) }
+        }
+
+        fn config(&self) -> ConformanceConfig {
+            ConformanceConfig { timeout: Duration::from_secs(60), ..Default::default() }
+        }
+    }
+
+    durabletask_testkit::conformance_tests!(MemoryProviderFactory);
+}
