@@ -1,9 +1,11 @@
 //! The provider's own small storage layer.
 //!
 //! Every Azure Storage call the provider makes goes through the three object-safe traits here
-//! ([`QueueStore`], [`TableStore`], [`BlobStore`]). The Azure SDK implementation lives in
-//! [`azure`]; decorators (fault injection, latency) wrap the same traits. Every call is counted in
-//! [`StorageCounters`] by kind, and every failure is classified into a [`StorageErrorKind`].
+//! ([`QueueStore`], [`TableStore`], [`BlobStore`]). The Azure SDK implementation is
+//! [`AzureStorage`], the in-memory one with the same semantics [`InMemoryStorage`]; decorators
+//! (retries, fault injection, a concurrency limit) wrap the same traits. Every call is counted in
+//! [`StorageCounters`] by kind, and every failure is classified into a [`StorageErrorKind`]. The
+//! `testing` feature adds `conformance`, the suite every implementation and decorator passes.
 
 mod account;
 mod azure;
