@@ -229,6 +229,50 @@ fn check_visibility(operation: &'static str, d: Duration) -> StorageResult<()> {
     Ok(())
 }
 
+/// A receive hides messages for at least 1 s (the service refuses 0 on Get Messages).
+fn check_receive_visibility(operation: &'static str, d: Duration) -> StorageResult<()> {
+    if d.is_zero() {
+        return Err(fail(
+            StorageErrorKind::InvalidInput,
+            operation,
+            400,
+            "OutOfRangeQueryParameterValue",
+            "a receive's visibility timeout must be at least 1 s",
+        ));
+    }
+    check_visibility(operation, d)
+}
+
+/// Queue and container names: 3-63 lowercase letters, digits and single hyphens, starting and
+/// ending with a letter or digit.
+fn check_dns_name(operation: &'static str, name: &str) -> StorageResult<()> {
+    let ok = (3..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if ok { Ok(()) } else { Err(bad_name(operation, name)) }
+}
+
+/// Table names: 3-63 ASCII letters and digits, starting with a letter; `tables` is reserved.
+fn check_table_name(operation: &'static str, name: &str) -> StorageResult<()> {
+    let ok = (3..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && !name.eq_ignore_ascii_case("tables");
+    if ok { Ok(()) } else { Err(bad_name(operation, name)) }
+}
+
+fn bad_name(operation: &'static str, name: &str) -> StorageError {
+    fail(
+        StorageErrorKind::InvalidInput,
+        operation,
+        400,
+        "InvalidResourceName",
+        format!("{name:?} is not a valid resource name"),
+    )
+}
+
 fn check_message_size(operation: &'static str, text: &str) -> StorageResult<()> {
     if text.len() > MAX_QUEUE_MESSAGE_BYTES {
         return Err(fail(
@@ -249,6 +293,7 @@ fn check_message_size(operation: &'static str, text: &str) -> StorageResult<()> 
 impl QueueStore for InMemoryStorage {
     async fn create_queue_if_not_exists(&self, queue: &str) -> StorageResult<()> {
         self.counters.record(StorageOp::QueueAdmin);
+        check_dns_name("create queue", queue)?;
         self.lock().queues.entry(queue.to_owned()).or_default();
         Ok(())
     }
@@ -298,7 +343,7 @@ impl QueueStore for InMemoryStorage {
         let next_visible = now + whole_seconds_up(visibility);
         let mut s = self.lock();
         let messages = queue_mut(&mut s, queue, OP)?;
-        check_visibility(OP, visibility)?;
+        check_receive_visibility(OP, visibility)?;
         // Visible messages in the order they became visible, ties in the order they were put
         // (what Azurite does: strictly FIFO; Azure promises no order, which `FaultyStorage`
         // simulates).
@@ -568,6 +613,7 @@ impl InMemoryStorage {
 impl TableStore for InMemoryStorage {
     async fn create_table_if_not_exists(&self, table: &str) -> StorageResult<()> {
         self.counters.record(StorageOp::TableAdmin);
+        check_table_name("create table", table)?;
         self.lock().tables.entry(table.to_ascii_lowercase()).or_default();
         Ok(())
     }
@@ -688,6 +734,7 @@ fn blob_precondition(operation: &'static str, code: &str, message: &str) -> Stor
 impl BlobStore for InMemoryStorage {
     async fn create_container_if_not_exists(&self, container: &str) -> StorageResult<()> {
         self.counters.record(StorageOp::BlobAdmin);
+        check_dns_name("create container", container)?;
         self.lock().containers.entry(container.to_owned()).or_default();
         Ok(())
     }
@@ -864,7 +911,9 @@ impl BlobStore for InMemoryStorage {
         let blob = blob_mut(&mut s, container, name, OP)?;
         match blob.lease_state(now) {
             LeaseState::Available => return Err(no_lease(OP)),
-            LeaseState::Leased(held) | LeaseState::Expired(held) | LeaseState::Released(held)
+            // Released once is over (Azurite answers a second release with this 409).
+            LeaseState::Released(_) => return Err(other_lease(OP)),
+            LeaseState::Leased(held) | LeaseState::Expired(held)
                 if !held.eq_ignore_ascii_case(lease_id) =>
             {
                 return Err(other_lease(OP));
@@ -929,58 +978,61 @@ mod tests {
     async fn a_write_under_a_lease_to_a_missing_blob_is_refused() {
         // Azure: 412 LeaseNotPresentWithBlobOperation; Azurite creates the blob.
         let s = InMemoryStorage::new();
-        s.create_container_if_not_exists("c").await.unwrap();
-        let e = s.put_blob("c", "missing", b"x".to_vec(), Some(A)).await.unwrap_err();
+        s.create_container_if_not_exists("box").await.unwrap();
+        let e = s.put_blob("box", "missing", b"x".to_vec(), Some(A)).await.unwrap_err();
         assert_eq!(e.kind(), StorageErrorKind::PreconditionFailed, "{e}");
         assert_eq!(e.code(), Some("LeaseNotPresentWithBlobOperation"));
-        assert!(s.get_blob("c", "missing").await.unwrap().is_none());
+        assert!(s.get_blob("box", "missing").await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn an_expired_lease_is_not_renewable_after_someone_else_wrote_the_blob() {
         // Azure refuses; Azurite accepts (Azurite#2352).
         let (s, clock) = on_manual_clock();
-        s.create_container_if_not_exists("c").await.unwrap();
-        s.put_blob("c", "b", b"x".to_vec(), None).await.unwrap();
-        s.acquire_lease("c", "b", Duration::from_secs(15), A).await.unwrap();
+        s.create_container_if_not_exists("box").await.unwrap();
+        s.put_blob("box", "b", b"x".to_vec(), None).await.unwrap();
+        s.acquire_lease("box", "b", Duration::from_secs(15), A).await.unwrap();
         clock.advance(Duration::from_secs(16));
-        s.put_blob("c", "b", b"someone else".to_vec(), None).await.unwrap();
-        let e = s.renew_lease("c", "b", A).await.unwrap_err();
+        s.put_blob("box", "b", b"someone else".to_vec(), None).await.unwrap();
+        let e = s.renew_lease("box", "b", A).await.unwrap_err();
         assert_eq!(e.kind(), StorageErrorKind::Conflict, "{e}");
-        s.acquire_lease("c", "b", Duration::from_secs(15), B).await.unwrap();
+        s.acquire_lease("box", "b", Duration::from_secs(15), B).await.unwrap();
     }
 
     #[tokio::test]
     async fn keys_with_a_tab_and_entities_with_too_many_properties_are_refused() {
         // Azure refuses both; Azurite accepts them in a batch.
         let s = InMemoryStorage::new();
-        s.create_table_if_not_exists("t").await.unwrap();
+        s.create_table_if_not_exists("table").await.unwrap();
         let tab = TableEntity::new("a\tb", "r");
-        let e = s.write("t", BatchOp { mode: WriteMode::Upsert, entity: tab }).await.unwrap_err();
+        let e =
+            s.write("table", BatchOp { mode: WriteMode::Upsert, entity: tab }).await.unwrap_err();
         assert_eq!(e.kind(), StorageErrorKind::InvalidInput, "{e}");
         let wide = |n: usize| {
             (0..n).fold(TableEntity::new("p", "r"), |e, i| {
                 e.with(format!("P{i}"), EdmValue::Int32(1))
             })
         };
-        s.write("t", BatchOp { mode: WriteMode::Upsert, entity: wide(252) }).await.unwrap();
-        let e =
-            s.write("t", BatchOp { mode: WriteMode::Upsert, entity: wide(253) }).await.unwrap_err();
+        s.write("table", BatchOp { mode: WriteMode::Upsert, entity: wide(252) }).await.unwrap();
+        let e = s
+            .write("table", BatchOp { mode: WriteMode::Upsert, entity: wide(253) })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Some("TooManyProperties"), "{e}");
-        assert_eq!(s.get_entity("t", "p", "r").await.unwrap().unwrap().properties.len(), 252);
+        assert_eq!(s.get_entity("table", "p", "r").await.unwrap().unwrap().properties.len(), 252);
     }
 
     #[tokio::test]
     async fn clones_share_state_clock_and_counters_and_stack_uses_them() {
         let (s, clock) = on_manual_clock();
         let other = s.clone();
-        s.create_queue_if_not_exists("q").await.unwrap();
-        other.put_message("q", "m", Duration::from_secs(5)).await.unwrap();
-        assert!(s.get_messages("q", 1, Duration::from_secs(1)).await.unwrap().is_empty());
+        s.create_queue_if_not_exists("queue").await.unwrap();
+        other.put_message("queue", "m", Duration::from_secs(5)).await.unwrap();
+        assert!(s.get_messages("queue", 1, Duration::from_secs(1)).await.unwrap().is_empty());
         clock.advance(Duration::from_secs(5));
         let stack = s.stack("memory://account/hub-largemessages");
         assert_eq!(
-            stack.queues.get_messages("q", 1, Duration::from_secs(1)).await.unwrap().len(),
+            stack.queues.get_messages("queue", 1, Duration::from_secs(1)).await.unwrap().len(),
             1
         );
         assert_eq!(stack.large_messages_container_url, "memory://account/hub-largemessages");
@@ -991,16 +1043,19 @@ mod tests {
     #[tokio::test]
     async fn timestamps_and_etags_come_from_the_clock_and_differ_per_write() {
         let (s, clock) = on_manual_clock();
-        s.create_table_if_not_exists("t").await.unwrap();
+        s.create_table_if_not_exists("table").await.unwrap();
         let put = || {
-            s.write("t", BatchOp { mode: WriteMode::Upsert, entity: TableEntity::new("p", "r") })
+            s.write(
+                "table",
+                BatchOp { mode: WriteMode::Upsert, entity: TableEntity::new("p", "r") },
+            )
         };
         let first = put().await.unwrap();
         let second = put().await.unwrap();
         assert_ne!(first, second, "two writes at the same instant still get different ETags");
         clock.advance(Duration::from_secs(60));
         put().await.unwrap();
-        let read = s.get_entity("t", "p", "r").await.unwrap().unwrap();
+        let read = s.get_entity("table", "p", "r").await.unwrap().unwrap();
         assert_eq!(read.timestamp, Some(truncate_100ns(clock.now())));
     }
 }

@@ -144,6 +144,18 @@ pub async fn blob_lease_expiry(f: &dyn StorageFactory) {
     for (name, id) in [("taken", B), ("kept", A), ("forever", A)] {
         s.release_lease(&c, name, id).await.unwrap();
     }
+    // Expired and unclaimed: the holder can still release it, but not change it or write
+    // under it; a second release is refused.
+    s.acquire_lease(&c, "kept", SECS_15, A).await.unwrap();
+    st.time.pass(Duration::from_secs(16)).await;
+    assert_eq!(kind(s.change_lease(&c, "kept", A, B).await), StorageErrorKind::Conflict);
+    let e = s.put_blob(&c, "kept", b"y".to_vec(), Some(A)).await.unwrap_err();
+    assert_eq!(e.kind(), StorageErrorKind::PreconditionFailed, "{e}");
+    s.release_lease(&c, "kept", A).await.unwrap();
+    assert_eq!(kind(s.release_lease(&c, "kept", A).await), StorageErrorKind::Conflict);
+    // Without a lease the expired blob is writable and deletable.
+    s.put_blob(&c, "taken", b"y".to_vec(), None).await.unwrap();
+    s.delete_blob_if_exists(&c, "kept").await.unwrap();
     s.delete_container_if_exists(&c).await.unwrap();
 }
 

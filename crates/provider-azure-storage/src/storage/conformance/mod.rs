@@ -202,6 +202,7 @@ macro_rules! storage_conformance_tests {
             blob_lease_expiry,
             blob_lease_edge_cases,
             calls_are_counted_by_kind,
+            invalid_resource_names_are_refused,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
@@ -308,4 +309,25 @@ mod tests {
     mod limited {
         crate::storage_conformance_tests!(crate::storage::conformance::MemoryFactory::limited(2));
     }
+}
+
+/// Creating a queue, table or container with a name the service does not allow is refused.
+pub async fn invalid_resource_names_are_refused(f: &dyn StorageFactory) {
+    use super::StorageErrorKind::InvalidInput;
+    let s = sut!(f, "storage::invalid_resource_names");
+    let st = &s.stores;
+    let long = "a".repeat(64);
+    for name in ["Bad-Name", "a--b", "ab", "-ab", "ab-", "a_b", long.as_str()] {
+        let q = st.queues.create_queue_if_not_exists(name).await.unwrap_err();
+        let c = st.blobs.create_container_if_not_exists(name).await.unwrap_err();
+        assert_eq!((q.kind(), c.kind()), (InvalidInput, InvalidInput), "{name:?}: {q} / {c}");
+    }
+    for name in ["1abc", "ab", "a-b", "a_b", long.as_str(), "tables"] {
+        let e = st.tables.create_table_if_not_exists(name).await.unwrap_err();
+        assert_eq!(e.kind(), InvalidInput, "{name:?}: {e}");
+    }
+    // Mixed case is fine for tables (names are case-insensitive).
+    let mixed = format!("Mixed{}", s.table("Case"));
+    st.tables.create_table_if_not_exists(&mixed).await.unwrap();
+    st.tables.delete_table_if_exists(&mixed).await.unwrap();
 }

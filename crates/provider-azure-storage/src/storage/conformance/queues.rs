@@ -229,7 +229,8 @@ pub async fn queue_redelivery_order(f: &dyn StorageFactory) {
     q.delete_queue_if_exists(&name).await.unwrap();
 }
 
-/// Visibility timeouts of more than 7 days are refused (put, receive and update).
+/// Visibility timeouts of more than 7 days are refused (put, receive and update), and so is a
+/// receive that would not hide at all.
 pub async fn queue_visibility_limit(f: &dyn StorageFactory) {
     let s = sut!(f, "storage::queue_visibility_limit");
     let q = &*s.stores.queues;
@@ -240,8 +241,11 @@ pub async fn queue_visibility_limit(f: &dyn StorageFactory) {
     assert_eq!(e.kind(), StorageErrorKind::InvalidInput, "{e}");
     q.put_message(&name, "later", week).await.unwrap();
     q.put_message(&name, "now", Duration::ZERO).await.unwrap();
-    let e = q.get_messages(&name, 1, eight_days).await.unwrap_err();
-    assert_eq!(e.kind(), StorageErrorKind::InvalidInput, "{e}");
+    // A receive hides for 1 s to 7 days.
+    for visibility in [eight_days, Duration::ZERO] {
+        let e = q.get_messages(&name, 1, visibility).await.unwrap_err();
+        assert_eq!(e.kind(), StorageErrorKind::InvalidInput, "{visibility:?}: {e}");
+    }
     let m = receive_one(q, &name, week).await;
     assert_eq!(m.text, "now");
     let e = q.update_message(&name, &m.id, &m.pop_receipt, "x", eight_days).await.unwrap_err();
