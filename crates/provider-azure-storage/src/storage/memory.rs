@@ -96,14 +96,14 @@ enum LeaseState<'a> {
     Available,
     Leased(&'a str),
     Expired(&'a str),
-    Released(&'a str),
+    Released,
 }
 
 impl Blob {
     fn lease_state(&self, now: OffsetDateTime) -> LeaseState<'_> {
         match &self.lease {
             None => LeaseState::Available,
-            Some(l) if l.released => LeaseState::Released(&l.id),
+            Some(l) if l.released => LeaseState::Released,
             Some(l) if l.expires.is_some_and(|t| now >= t) => LeaseState::Expired(&l.id),
             Some(l) => LeaseState::Leased(&l.id),
         }
@@ -882,7 +882,7 @@ impl BlobStore for InMemoryStorage {
         match blob.lease_state(now) {
             LeaseState::Available => return Err(no_lease(OP)),
             // A released lease is over (Azurite answers this 409; an expired one is renewable).
-            LeaseState::Released(_) => return Err(other_lease(OP)),
+            LeaseState::Released => return Err(other_lease(OP)),
             LeaseState::Leased(held) | LeaseState::Expired(held)
                 if !held.eq_ignore_ascii_case(lease_id) =>
             {
@@ -912,7 +912,7 @@ impl BlobStore for InMemoryStorage {
         match blob.lease_state(now) {
             LeaseState::Available => return Err(no_lease(OP)),
             // Released once is over (Azurite answers a second release with this 409).
-            LeaseState::Released(_) => return Err(other_lease(OP)),
+            LeaseState::Released => return Err(other_lease(OP)),
             LeaseState::Leased(held) | LeaseState::Expired(held)
                 if !held.eq_ignore_ascii_case(lease_id) =>
             {

@@ -293,24 +293,6 @@ pub async fn calls_are_counted_by_kind(f: &dyn StorageFactory) {
     st.blobs.delete_container_if_exists(&c).await.unwrap();
 }
 
-#[cfg(test)]
-mod tests {
-    mod memory {
-        crate::storage_conformance_tests!(crate::storage::conformance::MemoryFactory::plain());
-    }
-    mod retrying {
-        crate::storage_conformance_tests!(crate::storage::conformance::MemoryFactory::retrying());
-    }
-    mod faulty_without_faults {
-        crate::storage_conformance_tests!(
-            crate::storage::conformance::MemoryFactory::faulty_without_faults()
-        );
-    }
-    mod limited {
-        crate::storage_conformance_tests!(crate::storage::conformance::MemoryFactory::limited(2));
-    }
-}
-
 /// Creating a queue, table or container with a name the service does not allow is refused.
 pub async fn invalid_resource_names_are_refused(f: &dyn StorageFactory) {
     use super::StorageErrorKind::InvalidInput;
@@ -330,4 +312,22 @@ pub async fn invalid_resource_names_are_refused(f: &dyn StorageFactory) {
     let mixed = format!("Mixed{}", s.table("Case"));
     st.tables.create_table_if_not_exists(&mixed).await.unwrap();
     st.tables.delete_table_if_exists(&mixed).await.unwrap();
+}
+
+#[cfg(test)]
+mod tests {
+    mod memory {
+        crate::storage_conformance_tests!(crate::storage::conformance::MemoryFactory::plain());
+    }
+    mod retrying {
+        crate::storage_conformance_tests!(crate::storage::conformance::MemoryFactory::retrying());
+    }
+    mod faulty_without_faults {
+        crate::storage_conformance_tests!(
+            crate::storage::conformance::MemoryFactory::faulty_without_faults()
+        );
+    }
+    mod limited {
+        crate::storage_conformance_tests!(crate::storage::conformance::MemoryFactory::limited(2));
+    }
 }
