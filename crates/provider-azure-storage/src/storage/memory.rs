@@ -138,6 +138,10 @@ fn truncate_100ns(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(nanos - nanos % 100).unwrap_or(t)
 }
 
+fn whole_second(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
 impl InMemoryStorage {
     /// Empty storage on the system clock.
     pub fn new() -> Self {
@@ -361,8 +365,9 @@ impl QueueStore for InMemoryStorage {
                     id: m.id.clone(),
                     pop_receipt: m.pop_receipt.clone(),
                     dequeue_count: m.dequeue_count,
-                    insertion_time: m.insertion_time,
-                    next_visible: m.next_visible,
+                    // The service reports both times in whole seconds (RFC 1123).
+                    insertion_time: whole_second(m.insertion_time),
+                    next_visible: whole_second(m.next_visible),
                     text: m.text.clone(),
                 }
             })

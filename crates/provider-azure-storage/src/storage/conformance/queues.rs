@@ -54,6 +54,8 @@ pub async fn queue_receive_hides_and_redelivers(f: &dyn StorageFactory) {
     assert_eq!(first.text, "hello");
     assert_eq!(first.dequeue_count, 1);
     assert!(first.next_visible > first.insertion_time, "{first:?}");
+    // Both times come in whole seconds.
+    assert_eq!((first.insertion_time.nanosecond(), first.next_visible.nanosecond()), (0, 0));
     nothing_visible(q, &name).await;
 
     s.time.pass(Duration::from_millis(2500)).await;
