@@ -327,7 +327,7 @@ pub async fn table_query_filters(f: &dyn StorageFactory) {
 }
 
 /// `$select` returns only the named properties (plus keys, timestamp and ETag); `top` bounds a
-/// page; continuation tokens walk every match in PartitionKey/RowKey order.
+/// page (1000 without it); continuation tokens walk every match in PartitionKey/RowKey order.
 pub async fn table_query_select_top_and_continuation(f: &dyn StorageFactory) {
     let st = sut!(f, "storage::table_query_paging");
     let t = &*st.stores.tables;
@@ -372,6 +372,25 @@ pub async fn table_query_select_top_and_continuation(f: &dyn StorageFactory) {
     let odd: Vec<String> =
         expected.iter().filter(|k| k.ends_with(['1', '3', '5', '7'])).cloned().collect();
     assert_eq!(walk(Some("Odd eq true"), 3).await, odd);
+    // Without `top` a page holds at most 1000 entities.
+    let big = st.table("big");
+    t.create_table_if_not_exists(&big).await.unwrap();
+    for chunk in 0..11 {
+        let ops: Vec<BatchOp> = (0..100)
+            .map(|i| {
+                op(WriteMode::Upsert, TableEntity::new("p", format!("{:05}", chunk * 100 + i)))
+            })
+            .collect();
+        t.batch(&big, ops).await.unwrap();
+    }
+    let page = t.query(&big, None, None, None, None).await.unwrap();
+    assert_eq!(page.entities.len(), 1000);
+    let rest = t.query(&big, None, None, None, page.continuation).await.unwrap();
+    assert_eq!(rest.entities.len(), 100);
+    assert_eq!(rest.entities[0].row_key, "01000");
+    assert!(rest.continuation.is_none());
+    t.delete_table_if_exists(&big).await.unwrap();
+
     let first = t.query(&name, None, None, Some(5), None).await.unwrap();
     assert_eq!(first.entities.len(), 5);
     assert!(first.continuation.is_some());
