@@ -241,7 +241,8 @@ pub async fn table_batch_is_atomic_and_returns_etags_in_order(f: &dyn StorageFac
 }
 
 /// The service's limits that the client checks before sending (Azurite does not enforce them):
-/// 100 operations, one partition key, 1 MiB per entity. Refused calls are not counted.
+/// 100 operations, one partition key, 1 MiB per entity, 4 MiB per batch. Refused calls are not
+/// counted.
 pub async fn table_client_side_limits(f: &dyn StorageFactory) {
     let st = sut!(f, "storage::table_client_side_limits");
     let t = &*st.stores.tables;
@@ -262,6 +263,15 @@ pub async fn table_client_side_limits(f: &dyn StorageFactory) {
         )
         .await
         .unwrap_err();
+    assert_eq!(err.kind(), StorageErrorKind::InvalidInput, "{err}");
+    // Five entities under 1 MiB each, over 4 MiB together.
+    let ops: Vec<BatchOp> = (0..5)
+        .map(|i| {
+            let e = TableEntity::new("p", format!("{i}")).with("X", s(&"x".repeat(900_000)));
+            op(WriteMode::Upsert, e)
+        })
+        .collect();
+    let err = t.batch(&name, ops).await.unwrap_err();
     assert_eq!(err.kind(), StorageErrorKind::InvalidInput, "{err}");
     let big = TableEntity::new("p", "r").with("X", s(&"x".repeat(1_100_000)));
     let err = t.write(&name, op(WriteMode::Upsert, big)).await.unwrap_err();
