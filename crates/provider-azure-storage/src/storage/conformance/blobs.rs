@@ -126,10 +126,11 @@ pub async fn blob_lease_expiry(f: &dyn StorageFactory) {
     let st = sut!(f, "storage::blob_lease_expiry");
     let s = &*st.stores.blobs;
     let c = container(&st, "leases").await;
-    for name in ["taken", "kept", "forever"] {
+    for name in ["taken", "kept", "lapsed", "forever"] {
         s.put_blob(&c, name, b"x".to_vec(), None).await.unwrap();
     }
     s.acquire_lease(&c, "taken", SECS_15, A).await.unwrap();
+    s.acquire_lease(&c, "lapsed", SECS_15, A).await.unwrap();
     s.acquire_lease(&c, "kept", SECS_15, A).await.unwrap();
     s.acquire_lease(&c, "forever", INFINITE_LEASE, A).await.unwrap();
     st.time.pass(Duration::from_secs(10)).await;
@@ -145,21 +146,19 @@ pub async fn blob_lease_expiry(f: &dyn StorageFactory) {
         s.release_lease(&c, name, id).await.unwrap();
     }
     // Expired and unclaimed: the holder can still release it, but not change it or write
-    // under it; a second release is refused.
-    s.acquire_lease(&c, "kept", SECS_15, A).await.unwrap();
-    st.time.pass(Duration::from_secs(16)).await;
-    assert_eq!(kind(s.change_lease(&c, "kept", A, B).await), StorageErrorKind::Conflict);
-    let e = s.put_blob(&c, "kept", b"y".to_vec(), Some(A)).await.unwrap_err();
+    // under it; a second release is refused; without a lease it is writable and deletable.
+    assert_eq!(kind(s.change_lease(&c, "lapsed", A, B).await), StorageErrorKind::Conflict);
+    let e = s.put_blob(&c, "lapsed", b"y".to_vec(), Some(A)).await.unwrap_err();
     assert_eq!(e.kind(), StorageErrorKind::PreconditionFailed, "{e}");
-    s.release_lease(&c, "kept", A).await.unwrap();
-    assert_eq!(kind(s.release_lease(&c, "kept", A).await), StorageErrorKind::Conflict);
-    // Without a lease the expired blob is writable and deletable.
-    s.put_blob(&c, "taken", b"y".to_vec(), None).await.unwrap();
-    s.delete_blob_if_exists(&c, "kept").await.unwrap();
+    s.release_lease(&c, "lapsed", A).await.unwrap();
+    assert_eq!(kind(s.release_lease(&c, "lapsed", A).await), StorageErrorKind::Conflict);
+    s.put_blob(&c, "lapsed", b"y".to_vec(), None).await.unwrap();
+    s.delete_blob_if_exists(&c, "lapsed").await.unwrap();
     s.delete_container_if_exists(&c).await.unwrap();
 }
 
-/// Repeated changes, renewing a released lease, leasing a released blob.
+/// Repeated changes succeed; a released lease cannot be renewed; a released blob can be leased
+/// by another owner.
 pub async fn blob_lease_edge_cases(f: &dyn StorageFactory) {
     let st = sut!(f, "storage::blob_lease_edge_cases");
     let s = &*st.stores.blobs;
