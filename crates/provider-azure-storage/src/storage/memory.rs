@@ -1,12 +1,25 @@
 //! [`InMemoryStorage`]: the three storage traits in process memory, with Azure Storage's
-//! semantics as the provider relies on them (and as the storage conformance suite asserts them on
-//! Azurite): queue visibility in whole seconds rounded up, pop receipts that change on every
-//! receive and update, dequeue counts, the 64 KiB message limit; entity ETags, every
-//! [`WriteMode`]'s 404/409/412 outcome, atomic single-partition batches with the service's limits,
-//! the OData filter subset the provider sends, `$select`, `top` and continuation tokens; blobs,
-//! containers and leases (15-60 s or infinite, expiring on the injected clock). Every call is
-//! counted in [`StorageCounters`] exactly where [`AzureStorage`](super::AzureStorage) counts it:
-//! calls refused by a client-side check are not counted.
+//! semantics as the provider relies on them and as the storage conformance suite asserts them on
+//! Azurite.
+//!
+//! * Queues: visibility in whole seconds rounded up (at most 7 days; a receive hides for at
+//!   least 1 s), pop receipts that change on every receive and update (a stale one is
+//!   `PreconditionFailed`, a deleted message `NotFound`), dequeue counts, times reported in whole
+//!   seconds, visible messages in the order they became visible (Azurite is strictly FIFO), the
+//!   64 KiB message limit, counts including invisible messages.
+//! * Tables: ETags per entity, every [`WriteMode`]'s 404/409/412, atomic batches over one
+//!   partition key with AzureStorage's client-side limits (100 operations, 1 MiB per entity,
+//!   4 MiB) and the service's own (forbidden key characters, 512-unit keys, 64 KiB properties,
+//!   252 custom properties, a row at most once), the OData filter subset the crates send,
+//!   `$select`, `top` (1000 at most) and continuation tokens in key order.
+//! * Blobs: containers, prefix listings in name order, leases of 15-60 s or infinite with the
+//!   service's 409/412 outcomes, expiring on the injected [`Clock`].
+//! * Resource names are validated on create, as the service does.
+//!
+//! Where Azurite deviates from Azure, this store follows Azure (a lease ID on a write to a missing
+//! blob, a tab in a key, more than 252 properties, renewing an expired lease after someone else
+//! wrote the blob; see the unit tests). Every call is counted in [`StorageCounters`] exactly where
+//! [`AzureStorage`](super::AzureStorage) counts it: calls refused by a client-side check are not.
 
 mod filter;
 
