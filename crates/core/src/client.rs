@@ -2,6 +2,12 @@
 //! query, wait, purge and read history, over any [`OrchestrationServiceClient`].
 //!
 //! Instance ids are validated ([`crate::validate_instance_id`]) before anything is written.
+//!
+//! Raise, terminate, suspend and resume first read the instance row (without payloads): a missing
+//! instance is [`ClientError::NotFound`], a terminal one [`ClientError::InvalidStatus`], and in
+//! both cases nothing is sent. The check is not atomic with the delivery: an instance that
+//! completes (or is purged) between the check and the moment a worker processes the message still
+//! drops the message, as in DTF.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,12 +38,43 @@ pub enum ClientError {
     /// An input could not be serialized; nothing was written.
     #[error("failed to serialize payload: {0}")]
     Serialization(#[from] serde_json::Error),
-    /// The instance exists in one of the dedupe statuses.
-    #[error("orchestration instance '{0}' already exists")]
-    AlreadyExists(String),
-    /// The instance does not exist.
+    /// The instance exists in one of the dedupe statuses. `detail` is the provider's message; when
+    /// a concurrent create wrote the row after this one queued its start message, it says that
+    /// this start message will be discarded.
+    #[error("orchestration instance '{instance_id}' already exists: {detail}")]
+    AlreadyExists {
+        /// The instance.
+        instance_id: String,
+        /// What the provider saw.
+        detail: String,
+    },
+    /// A concurrent create of the same instance id won: this create's start message (execution
+    /// `execution_id`) was queued, but the instance row now holds a newer execution, so the
+    /// message will be discarded as stale and this execution never runs.
+    #[error("orchestration instance '{instance_id}': {detail}")]
+    Superseded {
+        /// The instance.
+        instance_id: String,
+        /// The execution id this create generated (and that will never run).
+        execution_id: String,
+        /// The provider's message (names the execution that superseded it).
+        detail: String,
+    },
+    /// The instance does not exist; nothing was sent.
     #[error("orchestration instance '{0}' not found")]
     NotFound(String),
+    /// The instance's status does not allow `operation` (e.g. raising an event on, terminating,
+    /// suspending or resuming a Completed, Failed, Canceled or Terminated instance); nothing was
+    /// sent.
+    #[error("cannot {operation} orchestration instance '{instance_id}': it is {status}")]
+    InvalidStatus {
+        /// The instance.
+        instance_id: String,
+        /// Its status when checked.
+        status: OrchestrationStatus,
+        /// The refused operation (`"raise an event on"`, `"terminate"`, `"suspend"`, `"resume"`).
+        operation: &'static str,
+    },
     /// The operation needs a terminal instance.
     #[error("orchestration instance '{0}' is not in a terminal state")]
     NotTerminal(String),
@@ -124,7 +161,8 @@ impl TaskHubClient {
     /// execution id).
     ///
     /// # Errors
-    /// See [`ClientError`]; `AlreadyExists` when deduplicated.
+    /// See [`ClientError`]; `AlreadyExists` when deduplicated; `Superseded` when a concurrent
+    /// create of the same id wrote a newer execution first (this execution never runs).
     pub async fn schedule_new_orchestration<I: Serialize + ?Sized>(
         &self,
         name: &str,
@@ -153,14 +191,37 @@ impl TaskHubClient {
         match self.service.create_orchestration(msg, &options.dedupe_statuses).await {
             Ok(()) => Ok(instance),
             Err(e) if e.kind() == ProviderErrorKind::Conflict => {
-                Err(ClientError::AlreadyExists(instance_id))
+                Err(ClientError::AlreadyExists { instance_id, detail: e.message })
             }
+            Err(e) if e.kind() == ProviderErrorKind::Superseded => Err(ClientError::Superseded {
+                instance_id,
+                execution_id: instance.execution_id.unwrap_or_default(),
+                detail: e.message,
+            }),
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn send(&self, instance_id: &str, kind: EventKind) -> Result<(), ClientError> {
+    /// Validates the id, reads the row without payloads and refuses missing and terminal
+    /// instances; then sends `kind`.
+    async fn send_checked(
+        &self,
+        instance_id: &str,
+        operation: &'static str,
+        kind: EventKind,
+    ) -> Result<(), ClientError> {
         validate_instance_id(instance_id)?;
+        let Some(state) = self.service.get_state(instance_id, false).await? else {
+            return Err(ClientError::NotFound(instance_id.to_owned()));
+        };
+        let status = state.orchestration_status;
+        if status.is_terminal() {
+            return Err(ClientError::InvalidStatus {
+                instance_id: instance_id.to_owned(),
+                status,
+                operation,
+            });
+        }
         let msg = TaskMessage::new(
             OrchestrationInstance::new(instance_id),
             HistoryEvent::new(NO_EVENT_ID, self.clock.now(), kind),
@@ -169,10 +230,13 @@ impl TaskHubClient {
         Ok(())
     }
 
-    /// Raises external event `name` with `data` on the instance's current execution.
+    /// Raises external event `name` with `data` on the instance's current execution (Pending,
+    /// Running or Suspended; a Pending instance receives it once it starts).
     ///
     /// # Errors
-    /// See [`ClientError`].
+    /// [`ClientError::NotFound`] for a missing instance, [`ClientError::InvalidStatus`] for a
+    /// terminal one (nothing sent); others from [`ClientError`]. An instance that completes after
+    /// the check drops the event.
     pub async fn raise_event<T: Serialize + ?Sized>(
         &self,
         instance_id: &str,
@@ -181,45 +245,74 @@ impl TaskHubClient {
     ) -> Result<(), ClientError> {
         let input = to_payload(data)?;
         tracing::info!(instance_id, name, "RaisingEvent");
-        self.send(instance_id, EventKind::EventRaised { name: name.to_owned(), input }).await
+        self.send_checked(
+            instance_id,
+            "raise an event on",
+            EventKind::EventRaised { name: name.to_owned(), input },
+        )
+        .await
     }
 
-    /// Terminates the instance (running, suspended or pending) with `reason`.
+    /// Terminates the instance (Running, Suspended or Pending) with `reason`.
+    ///
+    /// The reason is stored as given, not JSON-encoded (as DTF stores it, and like the suspend
+    /// and resume reasons): it is the `ExecutionTerminated` event's input and the Terminated
+    /// instance's output, so `OrchestrationState::output` is `Some(reason)`.
     ///
     /// # Errors
-    /// See [`ClientError`].
-    pub async fn terminate<T: Serialize + ?Sized>(
-        &self,
-        instance_id: &str,
-        reason: &T,
-    ) -> Result<(), ClientError> {
-        let input = to_payload(reason)?;
+    /// [`ClientError::NotFound`] for a missing instance, [`ClientError::InvalidStatus`] for a
+    /// terminal one (e.g. terminating twice); nothing sent. An instance that completes after the
+    /// check keeps its outcome.
+    pub async fn terminate(&self, instance_id: &str, reason: &str) -> Result<(), ClientError> {
         tracing::info!(instance_id, "TerminatingInstance");
-        self.send(instance_id, EventKind::ExecutionTerminated { input }).await
+        self.send_checked(
+            instance_id,
+            "terminate",
+            EventKind::ExecutionTerminated { input: Some(reason.to_owned()) },
+        )
+        .await
     }
 
-    /// Suspends the instance.
+    /// Suspends the instance (Running or Pending; the reason is stored as given).
+    ///
+    /// Suspending an already suspended instance is accepted: the message is still sent (a no-op
+    /// for the orchestration), so that it keeps its order with a resume sent just before it.
     ///
     /// # Errors
-    /// See [`ClientError`].
+    /// [`ClientError::NotFound`] for a missing instance, [`ClientError::InvalidStatus`] for a
+    /// terminal one; nothing sent. An instance that completes after the check drops it.
     pub async fn suspend(
         &self,
         instance_id: &str,
         reason: Option<&str>,
     ) -> Result<(), ClientError> {
         tracing::info!(instance_id, "SuspendingInstance");
-        self.send(instance_id, EventKind::ExecutionSuspended { reason: reason.map(str::to_owned) })
-            .await
+        self.send_checked(
+            instance_id,
+            "suspend",
+            EventKind::ExecutionSuspended { reason: reason.map(str::to_owned) },
+        )
+        .await
     }
 
-    /// Resumes a suspended instance.
+    /// Resumes a suspended instance (the reason is stored as given).
+    ///
+    /// Resuming a Running or Pending instance is accepted: the message is still sent (a no-op for
+    /// the orchestration), so that a resume sent right after a suspend that has not been processed
+    /// yet is never lost.
     ///
     /// # Errors
-    /// See [`ClientError`].
+    /// [`ClientError::NotFound`] for a missing instance, [`ClientError::InvalidStatus`] for a
+    /// terminal one (e.g. resume after terminate); nothing sent. An instance that completes after
+    /// the check drops it.
     pub async fn resume(&self, instance_id: &str, reason: Option<&str>) -> Result<(), ClientError> {
         tracing::info!(instance_id, "ResumingInstance");
-        self.send(instance_id, EventKind::ExecutionResumed { reason: reason.map(str::to_owned) })
-            .await
+        self.send_checked(
+            instance_id,
+            "resume",
+            EventKind::ExecutionResumed { reason: reason.map(str::to_owned) },
+        )
+        .await
     }
 
     /// The instance's state with input and output, or `None`.
@@ -248,7 +341,9 @@ impl TaskHubClient {
     }
 
     /// Polls until the instance is terminal (Completed, Failed, Canceled, Terminated) or
-    /// `timeout` passes. A zero timeout checks once.
+    /// `timeout` passes. A zero timeout checks once. Polls read the row without payloads; input
+    /// and output are read once, when the instance is terminal (the returned state carries them;
+    /// `Timeout::last_state` does not).
     ///
     /// # Errors
     /// [`ClientError::Timeout`] (with the last state), or others from [`ClientError`].
@@ -262,11 +357,19 @@ impl TaskHubClient {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut interval = Duration::from_millis(10);
         loop {
-            let state = self.service.get_state(instance_id, true).await?;
-            if let Some(s) = &state
-                && s.orchestration_status.is_terminal()
-            {
-                return Ok(s.clone());
+            let state = self.service.get_state(instance_id, false).await?;
+            if let Some(s) = state.as_ref().filter(|s| s.orchestration_status.is_terminal()) {
+                // Once terminal, read the payloads once. A recreation or purge in between still
+                // returns the terminal state seen (without payloads) rather than a newer one.
+                return Ok(match self.service.get_state(instance_id, true).await? {
+                    Some(full)
+                        if full.orchestration_instance.execution_id
+                            == s.orchestration_instance.execution_id =>
+                    {
+                        full
+                    }
+                    _ => s.clone(),
+                });
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -313,8 +416,9 @@ impl TaskHubClient {
         }
     }
 
-    /// Purges terminal instances created in `[from, to]` with one of `statuses` (empty = all
-    /// terminal statuses).
+    /// Purges terminal instances whose created, completed or last-updated time (as
+    /// `filter.time_filter` says) is in `[from, to]`, with one of `filter.runtime_status` (empty =
+    /// all terminal statuses).
     ///
     /// # Errors
     /// See [`ClientError`].

@@ -61,7 +61,7 @@ pub use orchestration::{ContinueAsNewOptions, DurableFuture, OrchestrationContex
 pub use provider::{
     ActivityWorkItem, LockToken, OrchestrationQuery, OrchestrationService,
     OrchestrationServiceClient, OrchestrationWorkItem, ProviderError, ProviderErrorKind,
-    ProviderSettings, PurgeFilter, PurgeResult, QueryResult,
+    ProviderSettings, PurgeFilter, PurgeResult, PurgeTimeFilter, QueryResult,
 };
 pub use registry::{ActivityContext, Registry, RegistryBuilder};
 pub use runtime::{Checkpoint, RuntimeOptions, WorkItemResult};

@@ -862,7 +862,9 @@ impl OrchestrationContext {
         }
     }
 
-    /// Sends external event `name` with `data` to another instance (fire and forget).
+    /// Sends external event `name` with `data` to another instance (fire and forget). An event to
+    /// an id that [`crate::validate_instance_id`] refuses is recorded in history but never sent
+    /// (no such instance can exist), the same on every provider.
     pub fn send_event<T: Serialize + ?Sized>(&self, instance_id: &str, name: &str, data: &T) {
         let data = to_payload(data).ok().flatten();
         let mut i = self.inner.borrow_mut();

@@ -62,8 +62,12 @@ pub enum ProviderErrorKind {
     Transient,
     /// A permanent failure; retrying the same call will not help.
     Permanent,
-    /// The caller passed invalid input.
+    /// The caller passed invalid input (an invalid instance id, a message over the size limit,
+    /// a message kind clients may not send). Nothing was written.
     InvalidInput,
+    /// A create lost a race: its start message was already queued, but another execution with a
+    /// newer creation time now owns the instance row, so that start will be discarded as stale.
+    Superseded,
 }
 
 /// The one error type of the provider contract.
@@ -342,16 +346,64 @@ pub struct QueryResult {
     pub continuation_token: Option<String>,
 }
 
+/// Which timestamp of an instance row a [`PurgeFilter`] time range applies to (DTF
+/// `OrchestrationStateTimeRangeFilterType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum PurgeTimeFilter {
+    /// `CreatedTime` (DTF `OrchestrationCreatedTimeFilter`).
+    #[default]
+    CreatedTime,
+    /// `CompletedTime` (DTF `OrchestrationCompletedTimeFilter`); an instance without one never
+    /// matches.
+    CompletedTime,
+    /// `LastUpdatedTime` (DTF `OrchestrationLastUpdatedTimeFilter`).
+    LastUpdatedTime,
+}
+
 /// Filter for [`OrchestrationServiceClient::purge_by_filter`].
 #[derive(Debug, Clone)]
 pub struct PurgeFilter {
-    /// Created at or after.
-    pub created_from: OffsetDateTime,
-    /// Created at or before (`None` = no upper bound).
-    pub created_to: Option<OffsetDateTime>,
+    /// The chosen timestamp ([`Self::time_filter`]) is at or after this.
+    pub from: OffsetDateTime,
+    /// The chosen timestamp is at or before this (`None` = no upper bound).
+    pub to: Option<OffsetDateTime>,
+    /// Which timestamp `from` and `to` apply to (default: created time).
+    pub time_filter: PurgeTimeFilter,
     /// Statuses to purge; only terminal statuses are honoured, and an empty list means all
     /// terminal statuses (unlike DTF, a non-terminal instance is never purged).
     pub runtime_status: Vec<OrchestrationStatus>,
+}
+
+impl PurgeFilter {
+    /// Terminal instances whose `time_filter` timestamp lies in `[from, to]`, any terminal status.
+    pub fn new(
+        time_filter: PurgeTimeFilter,
+        from: OffsetDateTime,
+        to: Option<OffsetDateTime>,
+    ) -> Self {
+        Self { from, to, time_filter, runtime_status: Vec::new() }
+    }
+
+    /// Restricts the purge to `statuses` (non-terminal ones are ignored).
+    pub fn with_statuses(mut self, statuses: impl Into<Vec<OrchestrationStatus>>) -> Self {
+        self.runtime_status = statuses.into();
+        self
+    }
+
+    /// True when `state` is terminal, has one of the filter's statuses and its chosen timestamp is
+    /// in range. Providers that filter in memory use this; others must give the same answer.
+    pub fn matches(&self, state: &OrchestrationState) -> bool {
+        let status = state.orchestration_status;
+        let status_ok = status.is_terminal()
+            && (self.runtime_status.is_empty() || self.runtime_status.contains(&status));
+        let time = match self.time_filter {
+            PurgeTimeFilter::CreatedTime => Some(state.created_time),
+            PurgeTimeFilter::CompletedTime => state.completed_time,
+            PurgeTimeFilter::LastUpdatedTime => Some(state.last_updated_time),
+        };
+        status_ok && time.is_some_and(|t| t >= self.from && self.to.is_none_or(|to| t <= to))
+    }
 }
 
 /// Outcome of a purge.
@@ -366,12 +418,22 @@ pub struct PurgeResult {
 pub trait OrchestrationServiceClient: Send + Sync + fmt::Debug {
     /// Creates an instance from `start` (an `ExecutionStarted` message; execution id set).
     ///
+    /// * `InvalidInput`, nothing written, if the instance id fails
+    ///   [`crate::validate_instance_id`], the message is not an `ExecutionStarted` or it is over
+    ///   the provider's message size limit.
     /// * If the instance row exists and its status is in `dedupe_statuses` → `Conflict`, nothing
     ///   written.
     /// * Otherwise enqueue the start message (visible at `scheduled_start_time` if set) **then**
     ///   write the instance row as `Pending` with the new execution id (replacing an existing
     ///   row: recreation). This order is what the Azure start de-duplication relies on.
-    /// * `InvalidInput` if the message is not an `ExecutionStarted`.
+    /// * A recreation's start timestamp (the new row's created time) is made strictly later than
+    ///   the replaced row's created time, so an instance row's created time only moves forward
+    ///   and a start older than the row is always stale.
+    /// * Concurrent creates of one id: the row is replaced only while it holds an older
+    ///   execution. When a newer execution wrote the row first, this call fails with
+    ///   `Superseded` (its start was queued and will be discarded as stale); when the row now has
+    ///   a dedupe status, with `Conflict` (same: the queued start will be discarded). The error
+    ///   messages say so.
     async fn create_orchestration(
         &self,
         start: TaskMessage,
@@ -379,7 +441,9 @@ pub trait OrchestrationServiceClient: Send + Sync + fmt::Debug {
     ) -> Result<(), ProviderError>;
 
     /// Enqueues one message for an instance (raise event, terminate, suspend, resume). Delivery is
-    /// at-least-once; there is no existence check.
+    /// at-least-once; there is no existence check (the typed client checks the row first).
+    /// `InvalidInput`, nothing sent, for an invalid instance id, a `TaskScheduled` message or a
+    /// message over the size limit.
     async fn send_message(&self, message: TaskMessage) -> Result<(), ProviderError>;
 
     /// Enqueues several messages (no atomicity across messages). Default: one by one.
@@ -414,6 +478,7 @@ pub trait OrchestrationServiceClient: Send + Sync + fmt::Debug {
     /// exist; `PreconditionFailed` if it is not terminal (nothing deleted).
     async fn purge_instance(&self, instance_id: &str) -> Result<PurgeResult, ProviderError>;
 
-    /// Purges every terminal instance matching `filter` (see [`PurgeFilter`]).
+    /// Purges every terminal instance matching `filter` (see [`PurgeFilter`]; the result must be
+    /// the one [`PurgeFilter::matches`] gives for each row).
     async fn purge_by_filter(&self, filter: &PurgeFilter) -> Result<PurgeResult, ProviderError>;
 }

@@ -269,6 +269,13 @@ pub fn process_work_item(
                             input: data.clone(),
                         },
                     ))?;
+                    // No instance can have an invalid id: drop the event here (recorded as sent,
+                    // so replay stays deterministic) rather than hand every provider a message
+                    // it would refuse or could never deliver.
+                    if let Err(e) = crate::ids::validate_instance_id(&target.instance_id) {
+                        tracing::warn!(instance_id = %instance.instance_id, target = ?target.instance_id, error = %e, "DiscardingMessage: event to an invalid instance id");
+                        continue;
+                    }
                     orchestrator_messages.push(TaskMessage::new(
                         target,
                         HistoryEvent::new(

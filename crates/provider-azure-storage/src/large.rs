@@ -40,19 +40,58 @@ impl LargePayloads {
     }
 
     /// Blob name of an oversized table property:
-    /// `{instance}/history-{RowKey}-{EventType}-{random X8}-{Property}.json.gz`. The random part
-    /// keeps two racing writers from overwriting each other's blob.
+    /// `{instance}/history-{RowKey}-{EventType}-{X16}-{Property}.json.gz`, where `X16` is the
+    /// FNV-1a 64 hash of the execution id and the value (DTF puts a random number there). Two
+    /// racing writers of different content still never overwrite each other's blob (different
+    /// names); a checkpoint that is retried after an ambiguous failure reuses its blob instead
+    /// of leaving one behind; and a new generation never shares a name with the previous one
+    /// (whose blobs it deletes).
     pub fn history_blob_name(
         instance_id: &str,
+        execution_id: &str,
         row_key: &str,
         kind: &str,
         property: &str,
+        value: &str,
     ) -> String {
-        let salt: u32 = rand::random();
+        let mut keyed = Vec::with_capacity(execution_id.len() + 1 + value.len());
+        keyed.extend_from_slice(execution_id.as_bytes());
+        keyed.push(0);
+        keyed.extend_from_slice(value.as_bytes());
+        let hash = fnv1a64(&keyed);
         format!(
-            "{}/history-{row_key}-{kind}-{salt:08X}-{property}.json.gz",
+            "{}/history-{row_key}-{kind}-{hash:016X}-{property}.json.gz",
             blob_segment(instance_id)
         )
+    }
+
+    /// Blob name of an oversized Instances-row value that no History row holds (the Pending row's
+    /// input, custom status, a failure text):
+    /// `{instance}/instance-{execution}-{Column}-{FNV-1a 64 of the value, X16}.json.gz`
+    /// (custom status: `{instance}/instance-CustomStatus-{hash}.json.gz`, whatever the execution).
+    /// The name is a function of the content, so rewriting the same value reuses the same blob and
+    /// the writer that replaces a value can name the blob it replaced.
+    pub fn instance_blob_name(
+        instance_id: &str,
+        execution_id: &str,
+        column: &str,
+        value: &str,
+    ) -> String {
+        let hash = fnv1a64(value.as_bytes());
+        if column == CUSTOM_STATUS_COLUMN {
+            format!("{}instance-{column}-{hash:016X}.json.gz", Self::instance_prefix(instance_id))
+        } else {
+            format!(
+                "{}instance-{execution_id}-{column}-{hash:016X}.json.gz",
+                Self::instance_prefix(instance_id)
+            )
+        }
+    }
+
+    /// Whether `name` is an Instances-row blob ([`instance_blob_name`](Self::instance_blob_name)),
+    /// owned by the row (not by a History row or a queue message).
+    pub fn is_instance_blob(name: &str) -> bool {
+        name.rsplit_once('/').is_some_and(|(_, file)| file.starts_with("instance-"))
     }
 
     /// Every blob of one instance lives under this exact prefix (note the trailing `/`: purging
@@ -76,6 +115,26 @@ impl LargePayloads {
             )
         })?;
         gunzip(&raw)
+    }
+
+    /// Deletes one blob; succeeds if it is already gone.
+    pub async fn delete(&self, name: &str) -> StorageResult<()> {
+        self.blobs.delete_blob_if_exists(&self.container, name).await
+    }
+
+    /// Deletes blobs, best effort: a failure is logged and leaves the blob behind (purge still
+    /// removes it with the instance).
+    pub async fn delete_all(&self, names: impl IntoIterator<Item = String>) {
+        for name in names {
+            if let Err(e) = self.delete(&name).await {
+                tracing::warn!(blob = %name, error = %e, "GeneralWarning: deleting a large-message blob failed");
+            }
+        }
+    }
+
+    /// Names of the blobs whose names start with `prefix`.
+    pub async fn list(&self, prefix: &str) -> StorageResult<Vec<String>> {
+        self.blobs.list_blobs(&self.container, prefix).await
     }
 
     /// Deletes every blob of `instance_id`; returns how many were deleted.
@@ -107,6 +166,19 @@ impl LargePayloads {
         }
         Some(segments.join("/"))
     }
+}
+
+/// The Instances-table column of the custom status.
+pub const CUSTOM_STATUS_COLUMN: &str = "CustomStatus";
+
+/// 64-bit FNV-1a: stable across processes and versions (blob names are derived from it).
+pub fn fnv1a64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    h
 }
 
 fn gzip(data: &[u8]) -> StorageResult<Vec<u8>> {
@@ -236,11 +308,46 @@ mod tests {
             LargePayloads::message_blob_name("a/b?", "0123abcd", "ExecutionStarted"),
             "a^0b^3/message-0123abcd-ExecutionStarted.json.gz"
         );
-        let h =
-            LargePayloads::history_blob_name("..", "000000000000000A", "TaskCompleted", "Result");
+        let h = LargePayloads::history_blob_name(
+            "..",
+            "e1",
+            "000000000000000A",
+            "TaskCompleted",
+            "Result",
+            "v",
+        );
         assert!(h.starts_with("^../history-000000000000000A-TaskCompleted-"), "{h}");
         assert!(h.ends_with("-Result.json.gz"));
+        let same = |exec: &str, v: &str| {
+            LargePayloads::history_blob_name(
+                "..",
+                exec,
+                "000000000000000A",
+                "TaskCompleted",
+                "Result",
+                v,
+            )
+        };
+        assert_eq!(h, same("e1", "v"), "a retried checkpoint reuses its blob");
+        assert_ne!(h, same("e2", "v"), "a new generation never shares a name");
+        assert_ne!(h, same("e1", "w"), "racing writers of different content never collide");
         assert_eq!(LargePayloads::instance_prefix("abc"), "abc/");
+    }
+
+    #[test]
+    fn instance_blob_names_are_content_addressed() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let a = LargePayloads::instance_blob_name("i/1", "e1", "Input", "x");
+        assert_eq!(a, format!("i^01/instance-e1-Input-{:016X}.json.gz", fnv1a64(b"x")));
+        assert_eq!(a, LargePayloads::instance_blob_name("i/1", "e1", "Input", "x"));
+        assert_ne!(a, LargePayloads::instance_blob_name("i/1", "e2", "Input", "x"));
+        let c = LargePayloads::instance_blob_name("i", "e1", "CustomStatus", "s");
+        assert_eq!(c, LargePayloads::instance_blob_name("i", "e2", "CustomStatus", "s"));
+        assert!(c.starts_with("i/instance-CustomStatus-"));
+        assert!(LargePayloads::is_instance_blob(&a) && LargePayloads::is_instance_blob(&c));
+        assert!(!LargePayloads::is_instance_blob("i/message-1-EventRaised.json.gz"));
+        assert!(!LargePayloads::is_instance_blob("instance-x/history-0-A-0-Input.json.gz"));
     }
 
     #[test]

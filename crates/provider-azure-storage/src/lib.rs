@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 pub mod envelope;
 pub mod error;
 pub mod keys;

@@ -17,8 +17,8 @@ use durabletask_core::provider::{
     ProviderSettings, PurgeFilter, PurgeResult, QueryResult,
 };
 use durabletask_core::{
-    Clock, EventKind, HistoryEvent, OrchestrationRuntimeState, OrchestrationState,
-    OrchestrationStatus, SystemClock, TaskMessage, WorkItemResult,
+    Clock, EventKind, FailureDetails, HistoryEvent, OrchestrationRuntimeState, OrchestrationState,
+    OrchestrationStatus, SystemClock, TaskMessage, WorkItemResult, validate_instance_id,
 };
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -32,6 +32,10 @@ pub struct MemorySettings {
     pub max_concurrent_orchestrations: usize,
     /// Hint for the activity dispatcher.
     pub max_concurrent_activities: usize,
+    /// Largest message accepted (its JSON encoding, in bytes); larger ones are refused with
+    /// `InvalidInput` before anything is written, as the Azure Storage provider refuses messages
+    /// over its `max_message_bytes` (same default: 32 MiB).
+    pub max_message_bytes: usize,
 }
 
 impl Default for MemorySettings {
@@ -40,6 +44,7 @@ impl Default for MemorySettings {
             lock_duration: Duration::from_secs(60),
             max_concurrent_orchestrations: 50,
             max_concurrent_activities: 50,
+            max_message_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -116,6 +121,21 @@ fn err(kind: ProviderErrorKind, op: &'static str, msg: impl Into<String>) -> Pro
     ProviderError::new(kind, op, msg)
 }
 
+/// The same instance-id rule and error kind as the Azure Storage provider.
+fn check_id(op: &'static str, id: &str) -> Result<(), ProviderError> {
+    validate_instance_id(id).map_err(|e| err(ProviderErrorKind::InvalidInput, op, e.to_string()))
+}
+
+/// The start timestamp of a new execution: at least 1 ms after the created time of the row it
+/// replaces (so a row's created time only moves forward), truncated to 100 ns as Azure stores it.
+fn start_time_after(t: OffsetDateTime, replaced: Option<OffsetDateTime>) -> OffsetDateTime {
+    let t = match replaced {
+        Some(c) if t < c + Duration::from_millis(1) => c + Duration::from_millis(1),
+        _ => t,
+    };
+    t.replace_nanosecond(t.nanosecond() / 100 * 100).unwrap_or(t)
+}
+
 fn is_start(m: &TaskMessage) -> bool {
     matches!(m.event.kind, EventKind::ExecutionStarted(_))
 }
@@ -150,6 +170,22 @@ impl InMemoryOrchestrationService {
         }
     }
 
+    /// `InvalidInput` when `m` is over [`MemorySettings::max_message_bytes`].
+    fn check_size(&self, op: &'static str, m: &TaskMessage) -> Result<(), ProviderError> {
+        let len = serde_json::to_vec(m)
+            .map_err(|e| err(ProviderErrorKind::InvalidInput, op, e.to_string()))?
+            .len();
+        let max = self.shared.settings.max_message_bytes;
+        if len > max {
+            return Err(err(
+                ProviderErrorKind::InvalidInput,
+                op,
+                format!("message of {len} bytes exceeds max_message_bytes ({max})"),
+            ));
+        }
+        Ok(())
+    }
+
     fn hub(&self) -> MutexGuard<'_, Hub> {
         self.shared.hub.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -161,6 +197,11 @@ impl InMemoryOrchestrationService {
     fn wake_all(&self) {
         self.shared.orchestration_ready.notify_waiters();
         self.shared.activity_ready.notify_waiters();
+    }
+
+    /// Messages ever queued (orchestration and activity) — for tests.
+    pub fn messages_enqueued(&self) -> u64 {
+        self.hub().next_seq
     }
 
     /// Number of queued orchestration messages (visible or not) — for tests.
@@ -505,6 +546,17 @@ impl OrchestrationService for InMemoryOrchestrationService {
         const OP: &str = "complete_orchestration_work_item";
         let lock = Self::lock_of(&work_item.token, OP)?;
         let now = self.now();
+        if let WorkItemResult::Checkpoint(cp) = &result {
+            // Azure refuses an over-size outbound message before it writes history.
+            for m in cp
+                .orchestrator_messages
+                .iter()
+                .chain(&cp.timer_messages)
+                .chain(&cp.activity_messages)
+            {
+                self.check_size(OP, m)?;
+            }
+        }
         {
             let mut hub = self.hub();
             let seqs = match hub.instance_locks.get(&work_item.instance_id) {
@@ -691,6 +743,34 @@ impl OrchestrationService for InMemoryOrchestrationService {
         const OP: &str = "complete_activity_work_item";
         let lock = Self::lock_of(&work_item.token, OP)?;
         let now = self.now();
+        // As on Azure: a result too large to send fails the activity instead.
+        let response = match self.check_size(OP, &response) {
+            Ok(()) => response,
+            Err(e) => {
+                let task_id = match &response.event.kind {
+                    EventKind::TaskCompleted { task_scheduled_id, .. }
+                    | EventKind::TaskFailed { task_scheduled_id, .. } => *task_scheduled_id,
+                    _ => response.event.event_id,
+                };
+                tracing::warn!(task_id, error = %e, "GeneralWarning: activity result refused; reporting a failure");
+                TaskMessage::new(
+                    response.orchestration_instance,
+                    HistoryEvent::new(
+                        -1,
+                        now,
+                        EventKind::TaskFailed {
+                            task_scheduled_id: task_id,
+                            reason: Some(e.to_string()),
+                            details: None,
+                            failure_details: Some(FailureDetails::new(
+                                "PayloadTooLarge",
+                                e.to_string(),
+                            )),
+                        },
+                    ),
+                )
+            }
+        };
         {
             let mut hub = self.hub();
             let owned = hub
@@ -737,14 +817,28 @@ impl OrchestrationServiceClient for InMemoryOrchestrationService {
     ) -> Result<(), ProviderError> {
         const OP: &str = "create_orchestration";
         let mut start = start;
+        check_id(OP, &start.orchestration_instance.instance_id)?;
         let EventKind::ExecutionStarted(started) = &mut start.event.kind else {
             return Err(err(
                 ProviderErrorKind::InvalidInput,
                 OP,
-                "not an ExecutionStarted message",
+                "only ExecutionStarted messages create instances",
             ));
         };
         let id = started.orchestration_instance.instance_id.clone();
+        if id != start.orchestration_instance.instance_id {
+            return Err(err(
+                ProviderErrorKind::InvalidInput,
+                OP,
+                "the message and its ExecutionStarted name different instances",
+            ));
+        }
+        if started.orchestration_instance.execution_id.is_none() {
+            started.orchestration_instance.execution_id =
+                Some(durabletask_core::new_execution_id());
+            start.orchestration_instance.execution_id =
+                started.orchestration_instance.execution_id.clone();
+        }
         let now = self.now();
         {
             let mut hub = self.hub();
@@ -755,16 +849,25 @@ impl OrchestrationServiceClient for InMemoryOrchestrationService {
                 return Err(err(
                     ProviderErrorKind::Conflict,
                     OP,
-                    format!("instance '{id}' exists with status {}", i.row.orchestration_status),
+                    format!(
+                        "instance '{id}' already exists with status {}; nothing was written",
+                        i.row.orchestration_status
+                    ),
                 ));
             }
+            // Same rule as Azure: a recreation starts strictly after the row it replaces.
+            start.event.timestamp =
+                start_time_after(start.event.timestamp, existing.map(|i| i.row.created_time));
             if started.generation.is_none() {
                 started.generation =
                     Some(existing.and_then(|i| i.row.generation).map_or(0, |g| g + 1));
             }
-            let row = OrchestrationState::pending(started, start.event.timestamp);
+            let mut row = OrchestrationState::pending(started, start.event.timestamp);
+            row.last_updated_time = now;
             let visible_at = started.scheduled_start_time.unwrap_or(now).max(now);
-            // Enqueue first, then write the row (contract order).
+            self.check_size(OP, &start)?;
+            // Enqueue first, then write the row (contract order). The hub lock makes the pair
+            // atomic, so a concurrent create can neither supersede this one nor be superseded.
             Self::enqueue(&mut hub, start, visible_at);
             let history = hub.instances.remove(&id).map(|i| i.history).unwrap_or_default();
             hub.instances.insert(id, Instance { row, history });
@@ -774,6 +877,16 @@ impl OrchestrationServiceClient for InMemoryOrchestrationService {
     }
 
     async fn send_message(&self, message: TaskMessage) -> Result<(), ProviderError> {
+        const OP: &str = "send_message";
+        check_id(OP, &message.orchestration_instance.instance_id)?;
+        if matches!(message.event.kind, EventKind::TaskScheduled { .. }) {
+            return Err(err(
+                ProviderErrorKind::InvalidInput,
+                OP,
+                "clients cannot schedule activities",
+            ));
+        }
+        self.check_size(OP, &message)?;
         let now = self.now();
         Self::enqueue(&mut self.hub(), message, now);
         self.shared.orchestration_ready.notify_waiters();
@@ -785,6 +898,7 @@ impl OrchestrationServiceClient for InMemoryOrchestrationService {
         instance_id: &str,
         include_payloads: bool,
     ) -> Result<Option<OrchestrationState>, ProviderError> {
+        check_id("get_state", instance_id)?;
         let hub = self.hub();
         Ok(hub.instances.get(instance_id).map(|i| {
             if include_payloads { i.row.clone() } else { i.row.clone().without_payloads() }
@@ -796,6 +910,7 @@ impl OrchestrationServiceClient for InMemoryOrchestrationService {
         instance_id: &str,
         execution_id: Option<&str>,
     ) -> Result<Vec<HistoryEvent>, ProviderError> {
+        check_id("get_history", instance_id)?;
         let hub = self.hub();
         let Some(i) = hub.instances.get(instance_id) else {
             return Ok(Vec::new());
@@ -848,6 +963,7 @@ impl OrchestrationServiceClient for InMemoryOrchestrationService {
     }
 
     async fn purge_instance(&self, instance_id: &str) -> Result<PurgeResult, ProviderError> {
+        check_id("purge_instance", instance_id)?;
         let mut hub = self.hub();
         match hub.instances.get(instance_id) {
             None => Ok(PurgeResult::default()),
@@ -864,27 +980,25 @@ impl OrchestrationServiceClient for InMemoryOrchestrationService {
     }
 
     async fn purge_by_filter(&self, filter: &PurgeFilter) -> Result<PurgeResult, ProviderError> {
-        let statuses: Vec<OrchestrationStatus> = if filter.runtime_status.is_empty() {
-            OrchestrationStatus::TERMINAL.to_vec()
-        } else {
-            filter.runtime_status.iter().copied().filter(|s| s.is_terminal()).collect()
-        };
         let mut hub = self.hub();
         let doomed: Vec<String> = hub
             .instances
             .iter()
-            .filter(|(_, i)| {
-                let r = &i.row;
-                statuses.contains(&r.orchestration_status)
-                    && r.created_time >= filter.created_from
-                    && filter.created_to.is_none_or(|t| r.created_time <= t)
-            })
+            .filter(|(_, i)| filter.matches(&i.row))
             .map(|(k, _)| k.clone())
             .collect();
         for k in &doomed {
             hub.instances.remove(k);
         }
         Ok(PurgeResult { deleted_instance_count: doomed.len() })
+    }
+}
+
+impl crate::conformance::WriteProbe for InMemoryOrchestrationService {
+    /// Every write of a client or worker call queues a message first, so counting queued messages
+    /// counts the calls that wrote anything.
+    fn writes(&self) -> u64 {
+        self.messages_enqueued()
     }
 }
 
@@ -900,6 +1014,6 @@ pub struct MemoryFactory {
 impl crate::conformance::ProviderFactory for MemoryFactory {
     async fn create_hub(&self) -> crate::conformance::TestHub {
         let svc = Arc::new(InMemoryOrchestrationService::new(self.settings.clone()));
-        crate::conformance::TestHub { service: svc.clone(), client: svc }
+        crate::conformance::TestHub { service: svc.clone(), client: svc.clone(), writes: Some(svc) }
     }
 }

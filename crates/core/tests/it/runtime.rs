@@ -282,3 +282,30 @@ fn recreation_replaces_a_terminal_execution() {
     assert_eq!(cp.runtime_state.execution_id(), Some("exec2"));
     assert_eq!(cp.state.orchestration_status, OrchestrationStatus::Running);
 }
+
+#[test]
+fn events_to_invalid_instance_ids_are_recorded_but_not_sent() {
+    let r = run(
+        OrchestrationRuntimeState::new(),
+        vec![start_msg("NotifyMany", "null", "exec")],
+        &RuntimeOptions::default(),
+    );
+    let WorkItemResult::Checkpoint(cp) = r else { panic!("expected checkpoint") };
+    let sent: Vec<&str> = cp
+        .runtime_state
+        .new_events()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::EventSent { instance_id, .. } => Some(instance_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, ["", "bad\u{2028}id", "tab\tid", "ok/other"], "history records every send");
+    let targets: Vec<&str> = cp
+        .orchestrator_messages
+        .iter()
+        .map(|m| m.orchestration_instance.instance_id.as_str())
+        .collect();
+    assert_eq!(targets, ["ok/other"], "only the valid id gets a message");
+    assert_eq!(cp.state.orchestration_status, OrchestrationStatus::Completed);
+}

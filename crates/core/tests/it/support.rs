@@ -186,6 +186,12 @@ pub fn registry() -> Registry {
             ctx.set_custom_status(&"done");
             Ok(r)
         })
+        .orchestration("NotifyMany", |ctx: OrchestrationContext, (): ()| async move {
+            for target in ["", "bad\u{2028}id", "tab\tid", "ok/other"] {
+                ctx.send_event(target, "Note", &1);
+            }
+            Ok(())
+        })
         .orchestration("Guid", |ctx: OrchestrationContext, (): ()| async move {
             let a = ctx.new_guid();
             let b = ctx.new_guid();

@@ -11,8 +11,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use durabletask_core::{
     EventKind, HistoryEvent, OrchestrationQuery, OrchestrationServiceClient, OrchestrationState,
-    OrchestrationStatus, ProviderError, ProviderErrorKind, PurgeFilter, PurgeResult, QueryResult,
-    TaskMessage, validate_instance_id,
+    OrchestrationStatus, ProviderError, ProviderErrorKind, PurgeFilter, PurgeResult,
+    PurgeTimeFilter, QueryResult, TaskMessage, validate_instance_id,
 };
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -20,6 +20,24 @@ use time::format_description::well_known::Rfc3339;
 
 fn check_id(op: &'static str, id: &str) -> Result<(), ProviderError> {
     validate_instance_id(id).map_err(|e| perr(ProviderErrorKind::InvalidInput, op, e.to_string()))
+}
+
+/// How often a create re-reads and rewrites an Instances row that concurrent creates keep
+/// changing before it gives up.
+const MAX_CREATE_ATTEMPTS: u32 = 5;
+
+/// The start timestamp of a new execution: `t`, moved to at least 1 ms after the created time of
+/// the row it replaces, truncated to the table's 100 ns resolution so that the queued message and
+/// the row carry the same instant.
+pub(crate) fn start_time_after(
+    t: OffsetDateTime,
+    replaced: Option<OffsetDateTime>,
+) -> OffsetDateTime {
+    let t = match replaced {
+        Some(c) if t < c + Duration::from_millis(1) => c + Duration::from_millis(1),
+        _ => t,
+    };
+    t.replace_nanosecond(t.nanosecond() / 100 * 100).unwrap_or(t)
 }
 
 fn quote(s: &str) -> String {
@@ -42,19 +60,30 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
     None
 }
 
-/// The OData filter for a query (DTF `OrchestrationInstanceStatusQueryCondition`).
+/// The Instances column a purge time range applies to.
+fn purge_time_column(f: PurgeTimeFilter) -> &'static str {
+    match f {
+        PurgeTimeFilter::CompletedTime => "CompletedTime",
+        PurgeTimeFilter::LastUpdatedTime => "LastUpdatedTime",
+        _ => "CreatedTime",
+    }
+}
+
+/// The OData filter for a query (DTF `OrchestrationInstanceStatusQueryCondition`): `time_column`
+/// in `[from, to]`, one of `statuses`, PartitionKey prefix.
 pub(crate) fn query_filter(
     statuses: &[OrchestrationStatus],
-    created_from: Option<OffsetDateTime>,
-    created_to: Option<OffsetDateTime>,
+    time_column: &str,
+    from: Option<OffsetDateTime>,
+    to: Option<OffsetDateTime>,
     prefix: Option<&str>,
 ) -> Option<String> {
     let mut parts = Vec::new();
-    if let Some(from) = created_from {
-        parts.push(format!("CreatedTime ge {}", odata_time(from)));
+    if let Some(from) = from {
+        parts.push(format!("{time_column} ge {}", odata_time(from)));
     }
-    if let Some(to) = created_to {
-        parts.push(format!("CreatedTime le {}", odata_time(to)));
+    if let Some(to) = to {
+        parts.push(format!("{time_column} le {}", odata_time(to)));
     }
     if !statuses.is_empty() {
         let ors: Vec<String> =
@@ -100,12 +129,30 @@ impl AzureStorageOrchestrationService {
         existing: Option<&InstanceRow>,
     ) -> Result<(), crate::storage::StorageError> {
         let inner = &self.inner;
-        let entity = tracking::instance_entity(inner, state, true).await?;
+        let row = tracking::instance_entity_with(inner, state, true, Default::default()).await?;
         let mode = match existing {
             Some(r) => WriteMode::Replace(r.etag.clone()),
             None => WriteMode::Insert,
         };
-        inner.tables.write(&inner.names.instances_table, BatchOp { mode, entity }).await.map(|_| ())
+        let entity = row.entity.clone();
+        if let Err(e) =
+            inner.tables.write(&inner.names.instances_table, BatchOp { mode, entity }).await
+        {
+            // Refused: the row is someone else's, and the blobs named after this new execution
+            // are referenced by nothing (a retry uploads them again).
+            if matches!(e.kind(), StorageErrorKind::Conflict | StorageErrorKind::PreconditionFailed)
+            {
+                inner.large.delete_all(row.owned_blobs.clone()).await;
+            }
+            return Err(e);
+        }
+        // The replaced row's own blobs (large custom status, failure text, Pending input) are
+        // referenced by nothing now.
+        if let Some(old) = existing {
+            let replaced = old.blobs.iter().map(|(_, blob)| blob.clone());
+            tracking::delete_replaced_blobs(inner, replaced, &row).await;
+        }
+        Ok(())
     }
 
     /// Deletes an instance's history rows, blobs and row. Returns whether the row was deleted.
@@ -215,28 +262,29 @@ impl OrchestrationServiceClient for AzureStorageOrchestrationService {
             start.orchestration_instance.execution_id =
                 started.orchestration_instance.execution_id.clone();
         }
-        // With dedupe statuses the row must be read first; without, try a plain insert first
-        // (one request fewer for new instances) and fall back to read + replace.
-        let mut existing = if dedupe_statuses.is_empty() {
-            None
-        } else {
-            let row = tracking::read_instance(inner, &id, false)
-                .await
-                .map_err(|e| provider_error(OP, e))?;
-            if let Some(r) = &row
-                && dedupe_statuses.contains(&r.state.orchestration_status)
-            {
-                return Err(perr(
-                    ProviderErrorKind::Conflict,
-                    OP,
-                    format!(
-                        "instance '{id}' already exists with status {}",
-                        r.state.orchestration_status
-                    ),
-                ));
-            }
-            row
-        };
+        let exec = started.orchestration_instance.execution_id.clone().unwrap_or_default();
+        // The row is read first: for the dedupe check and so that a recreation's start is newer
+        // than the row it replaces.
+        let mut existing =
+            tracking::read_instance(inner, &id, false).await.map_err(|e| provider_error(OP, e))?;
+        if let Some(r) = &existing
+            && dedupe_statuses.contains(&r.state.orchestration_status)
+        {
+            return Err(perr(
+                ProviderErrorKind::Conflict,
+                OP,
+                format!(
+                    "instance '{id}' already exists with status {}; nothing was written",
+                    r.state.orchestration_status
+                ),
+            ));
+        }
+        // The row's CreatedTime only moves forward: the start de-duplication discards a start
+        // older than the row, so a recreation must be newer than what it replaces.
+        start.event.timestamp = start_time_after(
+            start.event.timestamp,
+            existing.as_ref().map(|r| r.state.created_time),
+        );
         if started.generation.is_none() {
             started.generation =
                 Some(existing.as_ref().and_then(|r| r.state.generation).map_or(0, |g| g + 1));
@@ -251,8 +299,13 @@ impl OrchestrationServiceClient for AzureStorageOrchestrationService {
         // 1. Enqueue the start message. 2. Then write the row (the start de-duplication relies on
         // this order).
         send_with(inner, start, None, None, delay, false).await?;
-        for attempt in 0..5 {
-            match self.write_new_execution(&state, existing.as_ref()).await {
+        let queued = |what: String| {
+            format!(
+                "{what}; the start message for execution {exec} was queued and will be discarded"
+            )
+        };
+        for attempt in 1..=MAX_CREATE_ATTEMPTS {
+            let err = match self.write_new_execution(&state, existing.as_ref()).await {
                 Ok(()) => {
                     let (partition, queue) = super::control::control_queue_of(inner, &id);
                     if delay.is_zero() && inner.partitions.is_owned(&queue) {
@@ -260,34 +313,68 @@ impl OrchestrationServiceClient for AzureStorageOrchestrationService {
                     }
                     return Ok(());
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        StorageErrorKind::Conflict | StorageErrorKind::PreconditionFailed
-                    ) && attempt < 4 =>
-                {
-                    existing = tracking::read_instance(inner, &id, false)
-                        .await
-                        .map_err(|e| provider_error(OP, e))?;
-                    if let Some(r) = &existing
-                        && dedupe_statuses.contains(&r.state.orchestration_status)
-                    {
-                        // Someone else created it meanwhile; our start message will be discarded
-                        // as a stale duplicate.
-                        return Err(perr(
-                            ProviderErrorKind::Conflict,
-                            OP,
-                            format!("instance '{id}' already exists"),
-                        ));
-                    }
-                    state.generation = Some(
-                        existing.as_ref().and_then(|r| r.state.generation).map_or(0, |g| g + 1),
-                    );
-                }
-                Err(e) => return Err(provider_error(OP, e)),
+                Err(e) => e,
+            };
+            if !matches!(
+                err.kind(),
+                StorageErrorKind::Conflict | StorageErrorKind::PreconditionFailed
+            ) {
+                return Err(perr(
+                    provider_error(OP, err.clone()).kind(),
+                    OP,
+                    format!(
+                        "the start message for execution {exec} of '{id}' was queued, then writing the Instances row failed ({err}); unless that write committed anyway, the start will be discarded"
+                    ),
+                )
+                .with_source(err));
             }
+            // Someone wrote the row since we read it: look at what is there now.
+            existing = tracking::read_instance(inner, &id, false)
+                .await
+                .map_err(|e| provider_error(OP, e))?;
+            match &existing {
+                None => {}
+                Some(r)
+                    if r.state.orchestration_instance.execution_id.as_deref() == Some(&exec) =>
+                {
+                    return Ok(());
+                }
+                Some(r) if dedupe_statuses.contains(&r.state.orchestration_status) => {
+                    return Err(perr(
+                        ProviderErrorKind::Conflict,
+                        OP,
+                        queued(format!(
+                            "instance '{id}' was created concurrently (execution {}, status {})",
+                            r.state.orchestration_instance.execution_id.as_deref().unwrap_or("?"),
+                            r.state.orchestration_status
+                        )),
+                    ));
+                }
+                Some(r) if r.state.created_time >= state.created_time => {
+                    return Err(perr(
+                        ProviderErrorKind::Superseded,
+                        OP,
+                        format!(
+                            "the start message for execution {exec} of '{id}' was queued and will be discarded because execution {} superseded it",
+                            r.state.orchestration_instance.execution_id.as_deref().unwrap_or("?")
+                        ),
+                    ));
+                }
+                // An older execution wrote the row after our read: replace it (its start is now
+                // stale).
+                Some(_) => {}
+            }
+            state.generation =
+                Some(existing.as_ref().and_then(|r| r.state.generation).map_or(0, |g| g + 1));
+            tracing::debug!(instance_id = %id, attempt, "create: Instances row changed; retrying");
         }
-        Err(perr(ProviderErrorKind::Transient, OP, "the Instances row kept changing; try again"))
+        Err(perr(
+            ProviderErrorKind::Transient,
+            OP,
+            queued(format!(
+                "the Instances row of '{id}' kept changing ({MAX_CREATE_ATTEMPTS} attempts)"
+            )),
+        ))
     }
 
     async fn send_message(&self, message: TaskMessage) -> Result<(), ProviderError> {
@@ -347,6 +434,7 @@ impl OrchestrationServiceClient for AzureStorageOrchestrationService {
         let inner = &self.inner;
         let filter = query_filter(
             &query.runtime_status,
+            "CreatedTime",
             query.created_from,
             query.created_to,
             query.instance_id_prefix.as_deref(),
@@ -429,7 +517,13 @@ impl OrchestrationServiceClient for AzureStorageOrchestrationService {
         if statuses.is_empty() {
             return Ok(PurgeResult::default());
         }
-        let odata = query_filter(&statuses, Some(filter.created_from), filter.created_to, None);
+        let odata = query_filter(
+            &statuses,
+            purge_time_column(filter.time_filter),
+            Some(filter.from),
+            filter.to,
+            None,
+        );
         let mut continuation = None;
         let mut deleted = 0;
         loop {
@@ -480,10 +574,24 @@ mod tests {
 
     #[test]
     fn filters_match_the_dotnet_shapes() {
-        assert_eq!(query_filter(&[], None, None, None), None);
+        assert_eq!(query_filter(&[], "CreatedTime", None, None, None), None);
+        assert_eq!(
+            query_filter(
+                &[OrchestrationStatus::Completed],
+                purge_time_column(PurgeTimeFilter::CompletedTime),
+                Some(datetime!(2024-01-01 0:00 UTC)),
+                Some(datetime!(2024-01-02 0:00 UTC)),
+                None
+            )
+            .unwrap(),
+            "(CompletedTime ge datetime'2024-01-01T00:00:00Z') and (CompletedTime le datetime'2024-01-02T00:00:00Z') and ((RuntimeStatus eq 'Completed'))"
+        );
+        assert_eq!(purge_time_column(PurgeTimeFilter::LastUpdatedTime), "LastUpdatedTime");
+        assert_eq!(purge_time_column(PurgeTimeFilter::CreatedTime), "CreatedTime");
         assert_eq!(
             query_filter(
                 &[OrchestrationStatus::Running, OrchestrationStatus::Pending],
+                "CreatedTime",
                 Some(datetime!(2024-01-01 0:00 UTC)),
                 None,
                 Some("ab'c")
@@ -492,7 +600,7 @@ mod tests {
             "(CreatedTime ge datetime'2024-01-01T00:00:00Z') and ((RuntimeStatus eq 'Running' or RuntimeStatus eq 'Pending')) and (PartitionKey ge 'ab''c' and PartitionKey lt 'ab''d')"
         );
         assert_eq!(
-            query_filter(&[], None, None, Some("a/b")).unwrap(),
+            query_filter(&[], "CreatedTime", None, None, Some("a/b")).unwrap(),
             "(PartitionKey ge 'a^0b' and PartitionKey lt 'a^0c')"
         );
     }

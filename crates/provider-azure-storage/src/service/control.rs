@@ -107,6 +107,29 @@ pub(crate) struct Buffered {
     pub(crate) message: TaskMessage,
     /// The queue text as received (visibility updates must send it back unchanged).
     pub(crate) text: String,
+    /// The large-message blob holding the envelope, if it was too large for the queue (deleted
+    /// with the message).
+    pub(crate) blob: Option<String>,
+}
+
+/// What deleting a received message needs: queue, id, pop receipt, and its envelope blob.
+#[derive(Debug, Clone)]
+pub(crate) struct MessageRef {
+    pub(crate) queue: String,
+    pub(crate) id: String,
+    pub(crate) pop_receipt: String,
+    pub(crate) blob: Option<String>,
+}
+
+impl MessageRef {
+    pub(crate) fn of(m: &Buffered) -> Self {
+        Self {
+            queue: m.queue.clone(),
+            id: m.id.clone(),
+            pop_receipt: m.pop_receipt.clone(),
+            blob: m.blob.clone(),
+        }
+    }
 }
 
 /// What the partition owner remembers about an instance between work items.
@@ -117,6 +140,8 @@ pub(crate) struct CachedInstance {
     pub(crate) sentinel_etag: Option<String>,
     pub(crate) instance_etag: Option<String>,
     pub(crate) blobs: Vec<String>,
+    /// The blobs the Instances row references as last written (`None`: unknown).
+    pub(crate) row_blobs: Option<tracking::RowBlobs>,
 }
 
 /// A work item ready to be locked.
@@ -431,12 +456,16 @@ pub(crate) enum DecodeFailure {
     /// rolling upgrade: back off so an upgraded worker can take it, and quarantine it once it is
     /// older than `newer_version_quarantine_age` (no upgraded worker came for it).
     NewerVersion(String),
+    /// The envelope's blob is gone: a blob is deleted only with the message that was consumed or
+    /// discarded (this is a duplicate of it) or by purge of the instance. Nothing can process
+    /// it: the message is deleted.
+    Gone(String),
 }
 
 impl DecodeFailure {
     fn reason(&self) -> &str {
         match self {
-            Self::Malformed(r) | Self::Unavailable(r) | Self::NewerVersion(r) => r,
+            Self::Malformed(r) | Self::Unavailable(r) | Self::NewerVersion(r) | Self::Gone(r) => r,
         }
     }
 }
@@ -448,7 +477,7 @@ const MAX_POISON_RECORD_BYTES: usize = 60 * 1024;
 /// Prefix of the blobs holding the text of quarantined messages too large for a poison record.
 /// Instance blob segments never start with `.` ([`crate::keys::blob_segment`]), so this prefix
 /// cannot collide with an instance's blobs.
-pub(crate) const POISON_BLOB_PREFIX: &str = ".poison/";
+pub(crate) const POISON_BLOB_PREFIX: &str = crate::audit::POISON_PREFIX;
 
 /// Decodes a received message, downloading a large envelope.
 pub(crate) async fn decode(
@@ -466,19 +495,21 @@ pub(crate) async fn decode(
         return Ok(data);
     };
     let bytes = inner.large.download(&blob).await.map_err(|e| match e.kind() {
-        StorageErrorKind::NotFound
-        | StorageErrorKind::Permanent
-        | StorageErrorKind::InvalidInput => {
+        StorageErrorKind::NotFound => {
+            DecodeFailure::Gone(format!("large-message blob {blob}: {e}"))
+        }
+        StorageErrorKind::Permanent | StorageErrorKind::InvalidInput => {
             DecodeFailure::Malformed(format!("large-message blob {blob}: {e}"))
         }
         _ => DecodeFailure::Unavailable(format!("large-message blob {blob}: {e}")),
     })?;
-    let full = MessageData::from_bytes(&bytes).map_err(envelope_failure)?;
+    let mut full = MessageData::from_bytes(&bytes).map_err(envelope_failure)?;
     if full.task_message.is_none() {
         return Err(DecodeFailure::Malformed(format!(
             "large-message blob {blob} holds no task message"
         )));
     }
+    full.compressed_blob_name = Some(blob);
     Ok(full)
 }
 
@@ -497,6 +528,14 @@ pub(crate) async fn undecodable(
 ) {
     let reason = failure.reason();
     let quarantine_now = match failure {
+        DecodeFailure::Gone(_) => {
+            tracing::warn!(
+                queue, message_id = %m.id, dequeue_count = m.dequeue_count, reason,
+                "DuplicateMessageDetected: the message's blob is gone (consumed duplicate or purged instance); deleting"
+            );
+            let _ = inner.queues.delete_message(queue, &m.id, &m.pop_receipt).await;
+            return;
+        }
         DecodeFailure::Unavailable(_) => {
             let delay = poison_backoff(m.dequeue_count).min(Duration::from_secs(30));
             tracing::warn!(
@@ -677,6 +716,7 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
                         instance_id = %message.orchestration_instance.instance_id,
                         "ReceivedMessage"
                     );
+                    let blob = data.compressed_blob_name.clone();
                     decoded.push(Buffered {
                         queue: queue.clone(),
                         id: m.id,
@@ -687,6 +727,7 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
                         sequence_number: data.sequence_number,
                         message,
                         text: m.text,
+                        blob,
                     });
                 }
             }
@@ -806,10 +847,16 @@ pub(crate) async fn update_visibility(
     }
 }
 
-pub(crate) async fn delete_messages(inner: &Inner, messages: &[(String, String, String)]) {
-    let deletes = messages.iter().map(|(queue, id, receipt)| async move {
+/// Deletes messages, and the envelope blob of each message whose delete succeeded (a message
+/// that is gone was redelivered to, or deleted by, someone who still needs the blob).
+pub(crate) async fn delete_messages(inner: &Inner, messages: &[MessageRef]) {
+    let deletes = messages.iter().map(|MessageRef { queue, id, pop_receipt: receipt, blob }| async move {
         match inner.queues.delete_message(queue, id, receipt).await {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(blob) = blob {
+                    inner.large.delete_all([blob.clone()]).await;
+                }
+            }
             Err(e) if e.is_message_gone() => {
                 tracing::warn!(queue, message_id = %id, "MessageGone: already deleted or redelivered");
             }
@@ -937,7 +984,13 @@ async fn build(
     // History: the owner's cache, or storage.
     let (mut history, mut instance_etag, cache_hit) = match cached {
         Some(c) => (
-            LoadedHistory { events: c.events, sentinel_etag: c.sentinel_etag, blobs: c.blobs },
+            LoadedHistory {
+                events: c.events,
+                sentinel_etag: c.sentinel_etag,
+                blobs: c.blobs,
+                row_blobs: c.row_blobs,
+                from_storage: false,
+            },
             c.instance_etag,
             true,
         ),
@@ -1182,10 +1235,7 @@ async fn build(
 
     // Apply discards and deferrals.
     if !discard.is_empty() {
-        let refs: Vec<(String, String, String)> = discard
-            .iter()
-            .map(|m| (m.queue.clone(), m.id.clone(), m.pop_receipt.clone()))
-            .collect();
+        let refs: Vec<MessageRef> = discard.iter().map(MessageRef::of).collect();
         delete_messages(inner, &refs).await;
     }
     for (m, d) in &defer {
@@ -1193,6 +1243,9 @@ async fn build(
     }
     if keep.is_empty() {
         return Ok(None);
+    }
+    if row_read {
+        history.row_blobs = Some(row.as_ref().map(|r| r.blobs.clone()).unwrap_or_default());
     }
     Ok(Some(Prepared {
         instance_id: instance_id.to_owned(),

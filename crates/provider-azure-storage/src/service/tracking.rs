@@ -13,7 +13,7 @@
 
 use super::Inner;
 use crate::keys::{SENTINEL_ROW_KEY, escape_partition_key, history_row_key};
-use crate::large::LargePayloads;
+use crate::large::{CUSTOM_STATUS_COLUMN, LargePayloads, fnv1a64};
 use crate::storage::{
     BatchOp, EdmValue, StorageError, StorageErrorKind, StorageResult, TableContinuation,
     TableEntity, WriteMode,
@@ -67,7 +67,23 @@ fn fmt_time(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-/// Converts one history event into its row (uploading oversized properties).
+/// A blob uploaded for a History row by a checkpoint: its name and the FNV-1a 64 hash and length
+/// of the text it holds (so the Instances row can reference the same blob for the same value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HistoryBlob {
+    pub(crate) name: String,
+    pub(crate) hash: u64,
+    pub(crate) len: usize,
+}
+
+impl HistoryBlob {
+    fn holds(&self, value: &str) -> bool {
+        self.len == value.len() && self.hash == fnv1a64(value.as_bytes())
+    }
+}
+
+/// Converts one history event into its row (uploading oversized properties, recorded in
+/// `uploaded`).
 pub(crate) async fn event_entity(
     large: &LargePayloads,
     max_property_bytes: usize,
@@ -75,6 +91,7 @@ pub(crate) async fn event_entity(
     position: u64,
     execution_id: &str,
     event: &HistoryEvent,
+    uploaded: &mut Vec<HistoryBlob>,
 ) -> StorageResult<TableEntity> {
     const OP: &str = "encode history row";
     let row_key = history_row_key(position);
@@ -108,8 +125,20 @@ pub(crate) async fn event_entity(
             && LARGE_COLUMNS.contains(&key.as_str())
             && utf16_len(s) > max_property_bytes
         {
-            let name = LargePayloads::history_blob_name(instance_id, &row_key, event_type, &key);
+            let name = LargePayloads::history_blob_name(
+                instance_id,
+                execution_id,
+                &row_key,
+                event_type,
+                &key,
+                s,
+            );
             large.upload(&name, s.as_bytes()).await?;
+            uploaded.push(HistoryBlob {
+                name: name.clone(),
+                hash: fnv1a64(s.as_bytes()),
+                len: s.len(),
+            });
             entity.properties.insert(format!("{key}BlobName"), EdmValue::String(name));
             entity.properties.insert(column, EdmValue::String(String::new()));
             continue;
@@ -181,6 +210,11 @@ pub(crate) struct LoadedHistory {
     pub(crate) sentinel_etag: Option<String>,
     /// Blob names the events referenced.
     pub(crate) blobs: Vec<String>,
+    /// The blobs the Instances row references, by column, when known (read with the row, or
+    /// cached after the last write).
+    pub(crate) row_blobs: Option<RowBlobs>,
+    /// Read from storage (so `blobs` lists every blob the live rows reference), not cached.
+    pub(crate) from_storage: bool,
 }
 
 /// Reads an instance's history (DTF `GetHistoryEventsAsync`): all rows of the partition, the
@@ -213,7 +247,7 @@ pub(crate) async fn read_history(inner: &Inner, instance_id: &str) -> StorageRes
         .and_then(|s| s.get_str("ExecutionId"))
         .or_else(|| rows.first().and_then(|r| r.get_str("ExecutionId")))
         .map(str::to_owned);
-    let mut out = LoadedHistory { sentinel_etag, ..LoadedHistory::default() };
+    let mut out = LoadedHistory { sentinel_etag, from_storage: true, ..LoadedHistory::default() };
     let Some(execution_id) = execution_id else {
         return Ok(out);
     };
@@ -228,9 +262,21 @@ pub(crate) async fn read_history(inner: &Inner, instance_id: &str) -> StorageRes
     Ok(out)
 }
 
+/// What a committed history write produced.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WrittenHistory {
+    /// The new sentinel ETag.
+    pub(crate) sentinel_etag: Option<String>,
+    /// Blobs the new rows reference (uploaded by this write).
+    pub(crate) blobs: Vec<HistoryBlob>,
+}
+
 /// Writes `events` at positions `start..` under the sentinel ETag, in chained batches of at most
-/// 99 rows (DTF `UpdateStateAsync`). Returns the new sentinel ETag. `Conflict` (sentinel insert
-/// lost) and `PreconditionFailed` (stale ETag) mean another worker wrote this history.
+/// 99 rows (DTF `UpdateStateAsync`). Returns the new sentinel ETag and the blobs the new rows
+/// reference. `Conflict` (sentinel insert lost) and `PreconditionFailed` (stale ETag) mean
+/// another worker wrote this history. Blobs uploaded for a write that failed stay: their names
+/// are derived from the content, so the retried checkpoint references them again, and a racing
+/// writer of the same content may already reference them.
 pub(crate) async fn write_history(
     inner: &Inner,
     instance_id: &str,
@@ -239,21 +285,22 @@ pub(crate) async fn write_history(
     events: &[HistoryEvent],
     mut etag: Option<String>,
     now: OffsetDateTime,
-) -> StorageResult<Option<String>> {
+) -> StorageResult<WrittenHistory> {
     let pk = escape_partition_key(instance_id);
     let mut rows = Vec::with_capacity(events.len());
+    let mut uploaded = Vec::new();
     for (i, event) in events.iter().enumerate() {
-        rows.push(
-            event_entity(
-                &inner.large,
-                inner.settings.max_table_property_bytes,
-                instance_id,
-                start + i as u64,
-                execution_id,
-                event,
-            )
-            .await?,
-        );
+        let row = event_entity(
+            &inner.large,
+            inner.settings.max_table_property_bytes,
+            instance_id,
+            start + i as u64,
+            execution_id,
+            event,
+            &mut uploaded,
+        )
+        .await;
+        rows.push(row?);
     }
     let mut chunks: Vec<Vec<TableEntity>> = Vec::new();
     let mut current: Vec<TableEntity> = Vec::new();
@@ -293,7 +340,7 @@ pub(crate) async fn write_history(
         etag = etags.get(n).cloned().flatten();
         tracing::debug!(instance_id, new_events = n, complete, "AppendedInstanceHistory");
     }
-    Ok(etag)
+    Ok(WrittenHistory { sentinel_etag: etag, blobs: uploaded })
 }
 
 fn edm_size(v: &EdmValue) -> usize {
@@ -312,45 +359,90 @@ fn edm_size(v: &EdmValue) -> usize {
 pub(crate) struct InstanceRow {
     pub(crate) state: OrchestrationState,
     pub(crate) etag: Option<String>,
+    /// Blobs of the hub's container the row's `Input`, `Output`, `CustomStatus` and
+    /// `FailureDetails` values point at.
+    pub(crate) blobs: RowBlobs,
 }
+
+/// Blobs an Instances row references: (column, blob name).
+pub(crate) type RowBlobs = Vec<(String, String)>;
 
 fn status_from_name(name: &str) -> Option<OrchestrationStatus> {
     OrchestrationStatus::ALL.into_iter().find(|s| s.as_str() == name)
 }
 
-/// Stores `value` in a string column, as a blob URL when it is over the table limit.
+/// Instances-table columns whose value may be a blob URL.
+pub(crate) const URL_COLUMNS: [&str; 4] = crate::audit::INSTANCE_URL_COLUMNS;
+
+/// What an Instances-row writer knows about blobs it can reuse instead of uploading again.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RowBlobContext<'a> {
+    /// Blobs the same checkpoint's History rows reference (DTF 3.6/3.7: the Instances row stores
+    /// the URL of the History row's blob for the same value).
+    pub(crate) history: &'a [HistoryBlob],
+    /// Blobs the row already references: a row-owned blob of the same name (same content) is
+    /// not uploaded again.
+    pub(crate) stored: &'a [(String, String)],
+}
+
+/// An Instances row to write, with the row-owned blobs
+/// ([`LargePayloads::instance_blob_name`]) it references.
+#[derive(Debug, Clone)]
+pub(crate) struct InstanceEntity {
+    pub(crate) entity: TableEntity,
+    pub(crate) owned_blobs: Vec<String>,
+}
+
+/// Stores `value` in a string column, as a blob URL when it is over the table limit: the URL of
+/// the History blob holding the same text when there is one, else a row-owned blob named after
+/// the content.
 async fn put_large_string(
     inner: &Inner,
-    entity: &mut TableEntity,
+    row: &mut InstanceEntity,
     instance_id: &str,
     execution_id: &str,
     column: &str,
     value: &str,
+    ctx: RowBlobContext<'_>,
 ) -> StorageResult<()> {
     let stored = if utf16_len(value) > inner.settings.max_table_property_bytes {
-        let salt: u32 = rand::random();
-        let name = format!(
-            "{}instance-{execution_id}-{column}-{salt:08X}.json.gz",
-            LargePayloads::instance_prefix(instance_id)
-        );
-        inner.large.upload(&name, value.as_bytes()).await?;
-        inner.large.url_of(&name)
+        if let Some(h) = ctx.history.iter().find(|h| h.holds(value)) {
+            inner.large.url_of(&h.name)
+        } else {
+            let name = LargePayloads::instance_blob_name(instance_id, execution_id, column, value);
+            if !ctx.stored.iter().any(|(_, b)| *b == name) {
+                inner.large.upload(&name, value.as_bytes()).await?;
+            }
+            let url = inner.large.url_of(&name);
+            row.owned_blobs.push(name);
+            url
+        }
     } else {
         value.to_owned()
     };
-    entity.properties.insert(column.to_owned(), EdmValue::String(stored));
+    row.entity.properties.insert(column.to_owned(), EdmValue::String(stored));
     Ok(())
 }
 
-/// The full Instances row for `state`.
+/// The full Instances row for `state` (no blob reuse; see [`instance_entity_with`]).
 pub(crate) async fn instance_entity(
     inner: &Inner,
     state: &OrchestrationState,
     include_input: bool,
 ) -> StorageResult<TableEntity> {
+    Ok(instance_entity_with(inner, state, include_input, RowBlobContext::default()).await?.entity)
+}
+
+/// The full Instances row for `state`, reusing the blobs `ctx` names.
+pub(crate) async fn instance_entity_with(
+    inner: &Inner,
+    state: &OrchestrationState,
+    include_input: bool,
+    ctx: RowBlobContext<'_>,
+) -> StorageResult<InstanceEntity> {
     let id = state.instance_id();
     let exec = state.orchestration_instance.execution_id.clone().unwrap_or_default();
-    let mut e = TableEntity::new(escape_partition_key(id), "")
+    let e = TableEntity::new(escape_partition_key(id), "")
         .with("ExecutionId", EdmValue::String(exec.clone()))
         .with("Name", EdmValue::String(state.name.clone()))
         .with("Version", EdmValue::String(state.version.clone().unwrap_or_default()))
@@ -358,43 +450,208 @@ pub(crate) async fn instance_entity(
         .with("CreatedTime", EdmValue::DateTime(state.created_time))
         .with("LastUpdatedTime", EdmValue::DateTime(state.last_updated_time))
         .with("TaskHubName", EdmValue::String(inner.settings.task_hub_name.as_str().to_owned()));
+    let mut row = InstanceEntity { entity: e, owned_blobs: Vec::new() };
     if include_input {
-        put_large_string(inner, &mut e, id, &exec, "Input", state.input.as_deref().unwrap_or(""))
-            .await?;
+        let input = state.input.as_deref().unwrap_or("");
+        put_large_string(inner, &mut row, id, &exec, "Input", input, ctx).await?;
     }
-    put_large_string(inner, &mut e, id, &exec, "Output", state.output.as_deref().unwrap_or(""))
-        .await?;
-    put_large_string(
-        inner,
-        &mut e,
-        id,
-        &exec,
-        "CustomStatus",
-        state.status.as_deref().unwrap_or("null"),
-    )
-    .await?;
+    let output = state.output.as_deref().unwrap_or("");
+    put_large_string(inner, &mut row, id, &exec, "Output", output, ctx).await?;
+    let custom = state.status.as_deref().unwrap_or("null");
+    put_large_string(inner, &mut row, id, &exec, CUSTOM_STATUS_COLUMN, custom, ctx).await?;
     if let Some(t) = state.completed_time {
-        e.properties.insert("CompletedTime".into(), EdmValue::DateTime(t));
+        row.entity.properties.insert("CompletedTime".into(), EdmValue::DateTime(t));
     }
     if let Some(t) = state.scheduled_start_time {
-        e.properties.insert("ScheduledStartTime".into(), EdmValue::DateTime(t));
+        row.entity.properties.insert("ScheduledStartTime".into(), EdmValue::DateTime(t));
     }
     if let Some(g) = state.generation {
-        e.properties.insert("Generation".into(), EdmValue::Int32(g));
+        row.entity.properties.insert("Generation".into(), EdmValue::Int32(g));
     }
     if let Some(tags) = &state.tags {
         let json = serde_json::to_string(tags).unwrap_or_default();
-        e.properties.insert("Tags".into(), EdmValue::String(json));
+        row.entity.properties.insert("Tags".into(), EdmValue::String(json));
     }
     if let Some(p) = &state.parent_instance {
         let json = serde_json::to_string(p).unwrap_or_default();
-        e.properties.insert("ParentInstance".into(), EdmValue::String(json));
+        row.entity.properties.insert("ParentInstance".into(), EdmValue::String(json));
     }
     if let Some(f) = &state.failure_details {
         let json = serde_json::to_string(f).unwrap_or_default();
-        put_large_string(inner, &mut e, id, &exec, "FailureDetails", &json).await?;
+        put_large_string(inner, &mut row, id, &exec, "FailureDetails", &json, ctx).await?;
     }
-    Ok(e)
+    Ok(row)
+}
+
+/// Whether `value` is stored as a blob in an Instances or History row.
+pub(crate) fn is_large(inner: &Inner, value: &str) -> bool {
+    utf16_len(value) > inner.settings.max_table_property_bytes
+}
+
+/// The row-owned blobs a checkpoint's Instances write may have replaced when the row it replaced
+/// is unknown: the Pending row's input of this execution (when the write sets `Input`) and every
+/// custom-status blob of the instance (a listing).
+pub(crate) async fn checkpoint_replaced_blobs(
+    inner: &Inner,
+    state: &OrchestrationState,
+    include_input: bool,
+) -> Vec<String> {
+    let id = state.instance_id();
+    let exec = state.orchestration_instance.execution_id.as_deref().unwrap_or_default();
+    let mut out = Vec::new();
+    if include_input
+        && let Some(input) = state.input.as_deref()
+        && is_large(inner, input)
+    {
+        out.push(LargePayloads::instance_blob_name(id, exec, "Input", input));
+    }
+    let prefix = format!("{}instance-{CUSTOM_STATUS_COLUMN}-", LargePayloads::instance_prefix(id));
+    match inner.large.list(&prefix).await {
+        Ok(names) => out.extend(names),
+        Err(e) => {
+            tracing::warn!(instance_id = id, error = %e, "GeneralWarning: listing custom-status blobs failed");
+        }
+    }
+    out
+}
+
+/// Deletes the blobs an interrupted earlier attempt of this instance's checkpoints left behind
+/// (it died or aborted between a commit and the deletes that follow it): `history-*` blobs no
+/// live History row references (`live_history` must list all of them: read from storage plus
+/// this checkpoint's uploads), and row-owned blobs of this execution or of the custom status that
+/// the Instances row (`row`, as just written) does not reference. Message blobs belong to queue
+/// messages and are never touched; row-owned blobs of other executions may belong to a Pending
+/// row being written by a client. Call only as the partition owner, after the checkpoint
+/// committed.
+pub(crate) async fn sweep_instance_blobs(
+    inner: &Inner,
+    instance_id: &str,
+    execution_id: &str,
+    live_history: &[String],
+    row: Option<&RowBlobs>,
+) {
+    let prefix = LargePayloads::instance_prefix(instance_id);
+    let names = match inner.large.list(&prefix).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(instance_id, error = %e, "GeneralWarning: listing the instance's blobs failed");
+            return;
+        }
+    };
+    let own_exec = format!("{prefix}instance-{execution_id}-");
+    let custom = format!("{prefix}instance-{CUSTOM_STATUS_COLUMN}-");
+    let stale: Vec<String> = names
+        .into_iter()
+        .filter(|n| {
+            if n[prefix.len()..].starts_with("history-") {
+                !live_history.contains(n)
+            } else if n.starts_with(&own_exec) || n.starts_with(&custom) {
+                row.is_some_and(|r| !r.iter().any(|(_, b)| b == n))
+            } else {
+                false
+            }
+        })
+        .collect();
+    if !stale.is_empty() {
+        tracing::warn!(
+            instance_id,
+            count = stale.len(),
+            "GeneralWarning: deleting blobs an interrupted checkpoint left behind"
+        );
+        inner.large.delete_all(stale).await;
+    }
+}
+
+/// After an insert of `row` failed because the row exists: deletes the row-owned blobs this
+/// attempt uploaded that the existing row does not reference (best effort; on a read failure they
+/// stay until purge).
+pub(crate) async fn drop_unreferenced_uploads(
+    inner: &Inner,
+    instance_id: &str,
+    row: &InstanceEntity,
+) {
+    if row.owned_blobs.is_empty() {
+        return;
+    }
+    let pk = escape_partition_key(instance_id);
+    let existing = match inner.tables.get_entity(&inner.names.instances_table, &pk, "").await {
+        Ok(e) => e,
+        Err(e) if e.kind() == StorageErrorKind::NotFound => None,
+        Err(_) => return,
+    };
+    let referenced = existing.map(|e| instance_row_blobs(&inner.large, &e)).unwrap_or_default();
+    let unused: Vec<String> = row
+        .owned_blobs
+        .iter()
+        .filter(|b| !referenced.iter().any(|(_, r)| r == *b))
+        .cloned()
+        .collect();
+    inner.large.delete_all(unused).await;
+}
+
+/// The blobs of the hub's container an Instances row's URL columns point at.
+pub(crate) fn instance_row_blobs(large: &LargePayloads, e: &TableEntity) -> RowBlobs {
+    URL_COLUMNS
+        .iter()
+        .filter_map(|c| {
+            e.get_str(c).and_then(|v| large.name_from_url(v)).map(|b| ((*c).to_owned(), b))
+        })
+        .collect()
+}
+
+/// The row-owned blobs of `stored` (the row as it was) that a committed write of `written`
+/// replaced: those of the columns it wrote (all of them when it replaced the whole row), unless
+/// it references them again.
+pub(crate) fn replaced_row_blobs(
+    stored: &RowBlobs,
+    written: &InstanceEntity,
+    whole_row: bool,
+) -> Vec<String> {
+    stored
+        .iter()
+        .filter(|(column, blob)| {
+            (whole_row || written.entity.properties.contains_key(column))
+                && LargePayloads::is_instance_blob(blob)
+                && !written.owned_blobs.contains(blob)
+        })
+        .map(|(_, blob)| blob.clone())
+        .collect()
+}
+
+/// The row's blobs after a committed write of `written` over `stored` (a merge keeps the
+/// columns it did not write); `None` when the row before was unknown and the write was a merge.
+pub(crate) fn row_blobs_after(
+    large: &LargePayloads,
+    stored: Option<&RowBlobs>,
+    written: &InstanceEntity,
+    replaced_whole_row: bool,
+) -> Option<RowBlobs> {
+    let mut out: RowBlobs = match (stored, replaced_whole_row) {
+        (_, true) => Vec::new(),
+        (Some(s), false) => {
+            s.iter().filter(|(c, _)| !written.entity.properties.contains_key(c)).cloned().collect()
+        }
+        (None, false) => return None,
+    };
+    out.extend(instance_row_blobs(large, &written.entity));
+    Some(out)
+}
+
+/// After a write that replaced an Instances row (or some of its columns) committed: deletes the
+/// row-owned blobs of `replaced` that the new row does not reference. History blobs and message
+/// blobs are never touched here (they belong to History rows and queue messages).
+pub(crate) async fn delete_replaced_blobs(
+    inner: &Inner,
+    replaced: impl IntoIterator<Item = String>,
+    new_row: &InstanceEntity,
+) {
+    let stale: Vec<String> = replaced
+        .into_iter()
+        .filter(|b| LargePayloads::is_instance_blob(b) && !new_row.owned_blobs.contains(b))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    inner.large.delete_all(stale).await;
 }
 
 /// Resolves a stored value: a URL of a blob in our own container is downloaded; anything else
@@ -480,7 +737,8 @@ pub(crate) async fn read_instance(
         return Ok(None);
     };
     let state = entity_instance(inner, instance_id, &row, include_payloads).await?;
-    Ok(Some(InstanceRow { state, etag: row.etag.clone() }))
+    let blobs = instance_row_blobs(&inner.large, &row);
+    Ok(Some(InstanceRow { state, etag: row.etag.clone(), blobs }))
 }
 
 /// Whether `events` start a new execution (contain an `ExecutionStarted`).

@@ -31,6 +31,8 @@ pub(crate) struct SessionToken {
     instance_etag: Option<String>,
     instance_exists: bool,
     history_blobs: Vec<String>,
+    row_blobs: Option<tracking::RowBlobs>,
+    history_from_storage: bool,
     finished: AtomicBool,
     crashed: AtomicBool,
 }
@@ -201,11 +203,21 @@ pub(crate) async fn send_with(
         .acquire()
         .await
         .map_err(|_| perr(ProviderErrorKind::Transient, OP, "shutting down"))?;
-    inner
-        .queues
-        .put_message(&queue, &text, delay.min(MAX_VISIBILITY))
-        .await
-        .map_err(|e| provider_error(OP, e))?;
+    if let Err(e) = inner.queues.put_message(&queue, &text, delay.min(MAX_VISIBILITY)).await {
+        // A refused put (not an ambiguous one, which may have committed) leaves its envelope
+        // blob to nobody.
+        if matches!(
+            e.kind(),
+            StorageErrorKind::InvalidInput
+                | StorageErrorKind::NotFound
+                | StorageErrorKind::Unauthorized
+        ) && let Some(blob) =
+            MessageData::decode_text(&text).ok().and_then(|d| d.compressed_blob_name)
+        {
+            inner.large.delete_all([blob]).await;
+        }
+        return Err(provider_error(OP, e));
+    }
     tracing::debug!(instance_id, %event_type, queue, "SendingMessage");
     match partition {
         _ if !wake => {}
@@ -398,6 +410,8 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                     instance_etag: p.instance_etag,
                     instance_exists: p.instance_exists,
                     history_blobs: p.history.blobs,
+                    row_blobs: p.history.row_blobs,
+                    history_from_storage: p.history.from_storage,
                     finished: AtomicBool::new(false),
                     crashed: AtomicBool::new(false),
                 }),
@@ -449,11 +463,8 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         let t = token(&work_item.token, OP)?;
         let id = work_item.instance_id.as_str();
         t.check_held(inner, OP)?;
-        let refs: Vec<(String, String, String)> = t
-            .messages()
-            .iter()
-            .map(|m| (m.queue.clone(), m.id.clone(), m.pop_receipt.clone()))
-            .collect();
+        let refs: Vec<control::MessageRef> =
+            t.messages().iter().map(control::MessageRef::of).collect();
         let cp = match result {
             WorkItemResult::Discard { reason } => {
                 tracing::info!(instance_id = id, reason = %reason, "DiscardingWorkItem");
@@ -503,9 +514,15 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             // Sub-orchestration starts: the child's Instances row exists as Pending from now on.
             if let EventKind::ExecutionStarted(s) = &m.event.kind {
                 let state = durabletask_core::OrchestrationState::pending(s, now);
-                let entity = tracking::instance_entity(inner, &state, true)
-                    .await
-                    .map_err(|e| provider_error(OP, e))?;
+                let row = tracking::instance_entity_with(
+                    inner,
+                    &state,
+                    true,
+                    tracking::RowBlobContext::default(),
+                )
+                .await
+                .map_err(|e| provider_error(OP, e))?;
+                let entity = row.entity.clone();
                 match inner
                     .tables
                     .write(
@@ -515,7 +532,11 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                     .await
                 {
                     Ok(_) => {}
-                    Err(e) if e.kind() == StorageErrorKind::Conflict => {}
+                    Err(e) if e.kind() == StorageErrorKind::Conflict => {
+                        // The child's row exists already (its own first checkpoint, or an earlier
+                        // run of this checkpoint): keep only the blobs that row references.
+                        tracking::drop_unreferenced_uploads(inner, state.instance_id(), &row).await;
+                    }
                     Err(e) => return Err(provider_error(OP, e)),
                 }
             }
@@ -544,9 +565,10 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             )
             .await
         };
-        let sentinel = sentinel.map_err(|e| {
+        let written = sentinel.map_err(|e| {
             abort_checkpoint(inner, id, OP, "history was written by another worker", e)
         })?;
+        let sentinel = written.sentinel_etag;
         if inner.crash(CrashPoint::AfterHistory, id) {
             t.crashed.store(true, Ordering::Release);
             inner.control.cache_invalidate(id);
@@ -558,10 +580,23 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         // Every checkpoint writes the row, as DTF does: `LastUpdatedTime` is what operators and
         // tools query to find instances that stopped making progress ("running but not updated
         // for an hour"), so it must move with every episode even when nothing else changed.
-        let instance_etag = {
-            let mut entity = tracking::instance_entity(inner, &cp.state, include_input)
+        // Large Input/Output reference this checkpoint's History blobs (DTF 3.6/3.7); a large
+        // custom status the row already references is not uploaded again.
+        let stored_row_blobs = t.row_blobs.clone();
+        // (Only under the row's ETag: then the row still references what it referenced.)
+        let stored: &[(String, String)] = if inner.settings.use_instance_table_etag {
+            stored_row_blobs.as_deref().unwrap_or_default()
+        } else {
+            &[]
+        };
+        let ctx = tracking::RowBlobContext { history: &written.blobs, stored };
+        // Also: the row-owned blobs the write replaced (deleted once it committed) and the blobs
+        // the row references now.
+        let (instance_etag, replaced_blobs, row_blobs_now) = {
+            let row = tracking::instance_entity_with(inner, &cp.state, include_input, ctx)
                 .await
                 .map_err(|e| provider_error(OP, e))?;
+            let mut entity = row.entity.clone();
             if !include_input {
                 entity.properties.remove("Input");
             }
@@ -580,6 +615,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             } else {
                 WriteMode::UpsertMerge
             };
+            let whole_row = matches!(mode, WriteMode::Replace(_) | WriteMode::Upsert);
             let instance_etag = inner
                 .tables
                 .write(&inner.names.instances_table, BatchOp { mode, entity })
@@ -598,7 +634,17 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                 status = cp.state.orchestration_status.as_str(),
                 "InstanceStatusUpdate"
             );
-            instance_etag
+            let replaced: Vec<String> = match &stored_row_blobs {
+                Some(stored) => tracking::replaced_row_blobs(stored, &row, whole_row),
+                None => tracking::checkpoint_replaced_blobs(inner, &cp.state, include_input)
+                    .await
+                    .into_iter()
+                    .filter(|b| LargePayloads::is_instance_blob(b) && !row.owned_blobs.contains(b))
+                    .collect(),
+            };
+            let now_blobs =
+                tracking::row_blobs_after(&inner.large, stored_row_blobs.as_ref(), &row, whole_row);
+            (instance_etag, replaced, now_blobs)
         };
         if inner.crash(CrashPoint::AfterInstances, id) || inner.crash(CrashPoint::BeforeDelete, id)
         {
@@ -613,13 +659,28 @@ impl OrchestrationService for AzureStorageOrchestrationService {
 
         // The owner keeps the history for the next episode; the sentinel ETag guards it.
         let terminal = cp.state.orchestration_status.is_terminal();
-        let old_blobs = if new_execution { t.history_blobs.clone() } else { Vec::new() };
+        let new_blobs = written.blobs.iter().map(|b| b.name.clone());
+        // The live execution's blobs: a new execution starts from this checkpoint's uploads; the
+        // previous generation's blobs are deleted below.
+        let (old_blobs, live_blobs): (Vec<String>, Vec<String>) = if new_execution {
+            (t.history_blobs.clone(), new_blobs.collect())
+        } else {
+            (Vec::new(), t.history_blobs.iter().cloned().chain(new_blobs).collect())
+        };
+        // A history read from storage (not the owner's cache) means this process did not follow
+        // the instance's last checkpoints: an earlier attempt aborted or died, possibly between a
+        // commit and the deletes after it, or the partition moved. The owner then removes what
+        // such an attempt left behind (one listing; steady-state work items hit the cache, and an
+        // instance without stored history has nothing to leave behind).
+        let sweep = (t.history_from_storage
+            && t.sentinel_etag.is_some()
+            && inner.partitions.is_owned(&t.queue))
+        .then(|| (live_blobs.clone(), row_blobs_now.clone()));
         // Only the owner caches: a partition lost during this checkpoint must not leave an entry
         // behind that would be stale when the partition comes back.
         if terminal || !inner.partitions.is_owned(&t.queue) {
             inner.control.cache_invalidate(id);
         } else {
-            let blobs = if new_execution { Vec::new() } else { t.history_blobs.clone() };
             inner.control.cache_put(
                 id,
                 CachedInstance {
@@ -627,13 +688,17 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                     events: cp.runtime_state.into_events(),
                     sentinel_etag: sentinel,
                     instance_etag,
-                    blobs,
+                    blobs: live_blobs,
+                    row_blobs: row_blobs_now,
                 },
             );
         }
-        // Blobs of the previous generation go only after the new one committed.
-        for b in old_blobs {
-            let _ = inner.blobs.delete_blob_if_exists(inner.large.container(), &b).await;
+        // Blobs of the previous generation and the row-owned blobs the Instances write replaced
+        // go only after the new state committed.
+        inner.large.delete_all(old_blobs.into_iter().chain(replaced_blobs)).await;
+        if let Some((live, row)) = sweep {
+            let exec = cp.state.orchestration_instance.execution_id.as_deref().unwrap_or_default();
+            tracking::sweep_instance_blobs(inner, id, exec, &live, row.as_ref()).await;
         }
         Ok(())
     }
@@ -836,7 +901,15 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         }
         let receipt = control::locked(&t.pop_receipt).clone();
         match inner.queues.delete_message(&inner.names.work_item_queue, &t.id, &receipt).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // The request's envelope blob, if any, is no longer needed.
+                if let Some(blob) =
+                    MessageData::decode_text(&t.text).ok().and_then(|d| d.compressed_blob_name)
+                {
+                    inner.large.delete_all([blob]).await;
+                }
+                Ok(())
+            }
             Err(e) if e.is_message_gone() => {
                 tracing::warn!(message_id = %t.id, "MessageGone: activity message was redelivered before its delete");
                 Ok(())

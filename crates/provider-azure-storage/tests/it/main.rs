@@ -2,9 +2,11 @@
 //! `cargo xtask test`). Every test uses its own task hub, so they run in parallel.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+mod blobs;
 mod capture;
 mod conformance;
 mod fidelity;
+mod instance_ids;
 mod liveness;
 mod partitions;
 mod provider;

@@ -75,7 +75,8 @@ impl durabletask_testkit::conformance::ProviderFactory for AzureFactory {
         let svc = provider(&self.account, test_settings(&self.test, 4));
         durabletask_testkit::conformance::TestHub {
             service: std::sync::Arc::new(svc.clone()),
-            client: std::sync::Arc::new(svc),
+            client: std::sync::Arc::new(svc.clone()),
+            writes: Some(std::sync::Arc::new(WriteCounter(svc))),
         }
     }
 
@@ -84,6 +85,22 @@ impl durabletask_testkit::conformance::ProviderFactory for AzureFactory {
             timeout: Duration::from_secs(120),
             ..Default::default()
         }
+    }
+}
+
+/// Queue puts, table writes and blob uploads of one provider, for the conformance suite's
+/// "nothing was written" checks.
+#[derive(Debug)]
+struct WriteCounter(durabletask_azure_storage::AzureStorageOrchestrationService);
+
+impl durabletask_testkit::conformance::WriteProbe for WriteCounter {
+    fn writes(&self) -> u64 {
+        use durabletask_azure_storage::storage::StorageOp;
+        let c = self.0.storage_counters();
+        [StorageOp::QueuePut, StorageOp::TableWrite, StorageOp::TableBatch, StorageOp::BlobPut]
+            .iter()
+            .map(|op| c.get(*op))
+            .sum()
     }
 }
 

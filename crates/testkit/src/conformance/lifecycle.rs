@@ -10,7 +10,8 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", durabletask_core::new_execution_id())
 }
 
-/// Terminating a running instance ends it Terminated with the reason as output.
+/// Terminating a running instance ends it Terminated with the reason, as given (not JSON), as
+/// output; later raise/terminate/suspend/resume calls are refused with `InvalidStatus`.
 pub async fn terminate_running(f: &dyn ProviderFactory) {
     let h = Harness::start(f, common_registry()).await;
     let id = h.client.start_orchestration("WaitForever", &()).await.expect("start");
@@ -18,15 +19,21 @@ pub async fn terminate_running(f: &dyn ProviderFactory) {
     h.client.terminate(&id, "enough").await.expect("terminate");
     let s = h.wait(&id).await;
     assert_eq!(s.orchestration_status, OrchestrationStatus::Terminated, "{s:?}");
-    assert_eq!(s.output_as::<String>().expect("reason"), "enough");
+    assert_eq!(s.output.as_deref(), Some("enough"), "the reason is stored raw");
     let hist = h.client.get_history(&id).await.expect("history");
-    assert!(hist.iter().any(|e| matches!(e.kind, EventKind::ExecutionTerminated { .. })));
+    assert!(hist.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::ExecutionTerminated { input } if input.as_deref() == Some("enough")
+    )));
     assert!(hist.iter().any(|e| matches!(
         e.kind,
         EventKind::ExecutionCompleted { orchestration_status: OrchestrationStatus::Terminated, .. }
     )));
-    // Later events are discarded: the instance stays terminated.
-    h.client.raise_event(&id, "Never", &"late").await.expect("raise");
+    // Later operations are refused: the instance stays terminated.
+    match h.client.raise_event(&id, "Never", &"late").await {
+        Err(ClientError::InvalidStatus { status: OrchestrationStatus::Terminated, .. }) => {}
+        other => panic!("expected InvalidStatus, got {other:?}"),
+    }
     let again = h.client.get_state(&id).await.expect("state").expect("exists");
     assert_eq!(again.orchestration_status, OrchestrationStatus::Terminated);
     h.stop().await;
@@ -64,7 +71,7 @@ pub async fn terminate_pending(f: &dyn ProviderFactory) {
     h.client.terminate(&id, "cancelled").await.expect("terminate");
     let s = h.wait(&id).await;
     assert_eq!(s.orchestration_status, OrchestrationStatus::Terminated, "{s:?}");
-    assert_eq!(s.output_as::<String>().expect("reason"), "cancelled");
+    assert_eq!(s.output.as_deref(), Some("cancelled"), "the reason is stored raw");
     assert!(
         h.client
             .get_history(&id)
@@ -151,7 +158,7 @@ pub async fn recreate_instance(f: &dyn ProviderFactory) {
         ..StartOptions::with_instance_id(&id)
     };
     match h.client.schedule_new_orchestration("Quick", &"refused", dedupe).await {
-        Err(ClientError::AlreadyExists(x)) => assert_eq!(x, id),
+        Err(ClientError::AlreadyExists { instance_id, .. }) => assert_eq!(instance_id, id),
         other => panic!("expected AlreadyExists, got {other:?}"),
     }
     let second = h

@@ -12,6 +12,7 @@
 //! Sizes and timeouts come from [`ProviderFactory::config`], so slow backends (Azure Storage on
 //! Azurite) can raise timeouts while keeping the default sizes.
 
+mod answers;
 mod basics;
 mod contract;
 mod events;
@@ -28,6 +29,7 @@ use durabletask_core::{
     TaskHubClient, TaskHubWorker, WorkerOptions,
 };
 
+pub use answers::*;
 pub use basics::*;
 pub use contract::*;
 pub use events::*;
@@ -75,6 +77,16 @@ pub struct TestHub {
     pub service: Arc<dyn OrchestrationService>,
     /// Client side.
     pub client: Arc<dyn OrchestrationServiceClient>,
+    /// Counts what the provider wrote, for "nothing was written" checks (`None`: not available;
+    /// those checks then fall back to querying rows).
+    pub writes: Option<Arc<dyn WriteProbe>>,
+}
+
+/// Counts a provider's writes (messages queued, rows and blobs written) since it was created.
+/// Only differences matter; used while no worker runs on the hub.
+pub trait WriteProbe: Send + Sync + std::fmt::Debug {
+    /// Writes so far.
+    fn writes(&self) -> u64;
 }
 
 /// Creates isolated task hubs for the suite.
@@ -229,6 +241,15 @@ pub const ALL: &[&str] = &[
     "non_determinism_detection",
     "invalid_instance_id_rejected",
     "exclusive_instance_lock_and_abandon",
+    "operations_on_missing_instance_not_found",
+    "operations_on_terminal_instance_invalid_status",
+    "pending_instance_accepts_raise_and_terminate",
+    "instance_id_validation_table",
+    "special_character_ids_work",
+    "oversized_message_refused",
+    "concurrent_recreations",
+    "purge_filter_types",
+    "wait_for_completion_reads_payloads_once",
 ];
 
 /// Generates one `#[tokio::test]` per conformance function for the factory expression given.
@@ -246,6 +267,11 @@ macro_rules! conformance_tests {
             custom_status, recreate_instance, purge_instance, purge_by_filter, query_paging,
             non_determinism_detection, invalid_instance_id_rejected,
             exclusive_instance_lock_and_abandon,
+            operations_on_missing_instance_not_found,
+            operations_on_terminal_instance_invalid_status,
+            pending_instance_accepts_raise_and_terminate, instance_id_validation_table,
+            special_character_ids_work, oversized_message_refused, concurrent_recreations,
+            purge_filter_types, wait_for_completion_reads_payloads_once,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {

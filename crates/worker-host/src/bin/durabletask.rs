@@ -8,7 +8,7 @@
 //!   instances start NAME [--input JSON] [--id ID]
 //!   instances raise ID EVENT [--data JSON]
 //!   instances terminate ID [--reason TEXT] | suspend ID [--reason TEXT] | resume ID [--reason TEXT]
-//!   instances purge ID | purge --created-from T [--created-to T] [--status S]...
+//!   instances purge ID | purge --from T [--to T] [--time-filter created|completed|last-updated] [--status S]...
 //! ```
 //!
 //! The connection also comes from `DTF_CONNECTION_STRING`, `DTF_USE_EMULATOR=1` or
@@ -22,7 +22,8 @@ use clap::{Args, Parser, Subcommand};
 use durabletask_azure_storage::TaskHubName;
 use durabletask_core::{
     ClientError, EventKind, HistoryEvent, OrchestrationQuery, OrchestrationService,
-    OrchestrationState, OrchestrationStatus, PurgeFilter, StartOptions, TaskHubClient,
+    OrchestrationState, OrchestrationStatus, PurgeFilter, PurgeTimeFilter, StartOptions,
+    TaskHubClient,
 };
 use durabletask_worker_host::table::{Table, human_duration};
 use durabletask_worker_host::{HostSettings, HubStatus, StorageConnection, azure_service};
@@ -175,17 +176,30 @@ struct ListArgs {
 #[derive(Debug, Args)]
 struct PurgeArgs {
     /// Instance id (purges that one instance).
-    #[arg(conflicts_with_all = ["created_from", "created_to", "status"])]
+    #[arg(conflicts_with_all = ["from", "to", "time_filter", "status"])]
     id: Option<String>,
-    /// Purge terminal instances created at or after (RFC 3339, or an age such as 7d).
-    #[arg(long, value_parser = parse_time, required_unless_present = "id")]
-    created_from: Option<OffsetDateTime>,
+    /// Purge terminal instances whose time (see --time-filter) is at or after this (RFC 3339, or
+    /// an age such as 7d).
+    #[arg(long, visible_alias = "created-from", value_parser = parse_time, required_unless_present = "id")]
+    from: Option<OffsetDateTime>,
     /// ... and at or before.
-    #[arg(long, value_parser = parse_time)]
-    created_to: Option<OffsetDateTime>,
+    #[arg(long, visible_alias = "created-to", value_parser = parse_time)]
+    to: Option<OffsetDateTime>,
+    /// Which time --from/--to apply to (DTF OrchestrationStateTimeRangeFilterType).
+    #[arg(long, value_parser = parse_time_filter, default_value = "created")]
+    time_filter: PurgeTimeFilter,
     /// Only these terminal statuses (default: all terminal statuses).
     #[arg(long, value_delimiter = ',', value_parser = parse_status)]
     status: Vec<OrchestrationStatus>,
+}
+
+fn parse_time_filter(s: &str) -> Result<PurgeTimeFilter, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "created" => Ok(PurgeTimeFilter::CreatedTime),
+        "completed" => Ok(PurgeTimeFilter::CompletedTime),
+        "last-updated" | "lastupdated" => Ok(PurgeTimeFilter::LastUpdatedTime),
+        other => Err(format!("'{other}' is not one of created, completed, last-updated")),
+    }
 }
 
 fn parse_status(s: &str) -> Result<OrchestrationStatus, String> {
@@ -442,7 +456,7 @@ async fn run_instances(
             done(json, "raised", &id, &format!("raised event {event} on {id}"))
         }
         InstancesCommand::Terminate { id, reason } => {
-            client.terminate(&id, &reason).await?;
+            client.terminate(&id, reason.as_deref().unwrap_or_default()).await?;
             done(json, "terminated", &id, &format!("terminate sent to {id}"))
         }
         InstancesCommand::Suspend { id, reason } => {
@@ -454,7 +468,7 @@ async fn run_instances(
             done(json, "resumed", &id, &format!("resume sent to {id}"))
         }
         InstancesCommand::Purge(args) => {
-            let result = match (args.id, args.created_from) {
+            let result = match (args.id, args.from) {
                 (Some(id), _) => match client.purge_instance(&id).await {
                     Ok(r) => r,
                     Err(ClientError::NotTerminal(id)) => {
@@ -465,14 +479,11 @@ async fn run_instances(
                     Err(e) => return Err(e.into()),
                 },
                 (None, Some(from)) => {
-                    let filter = PurgeFilter {
-                        created_from: from,
-                        created_to: args.created_to,
-                        runtime_status: args.status,
-                    };
+                    let filter = PurgeFilter::new(args.time_filter, from, args.to)
+                        .with_statuses(args.status);
                     client.purge_by_filter(&filter).await?
                 }
-                (None, None) => return Err("give an instance id or --created-from".into()),
+                (None, None) => return Err("give an instance id or --from".into()),
             };
             if json {
                 to_json(
