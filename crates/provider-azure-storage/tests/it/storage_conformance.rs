@@ -38,12 +38,28 @@ durabletask_azure_storage::storage_conformance_tests!(AzuriteFactory);
 mod provider_on_memory {
     use crate::support::test_settings;
     use durabletask_azure_storage::AzureStorageOrchestrationService;
-    use durabletask_azure_storage::storage::InMemoryStorage;
-    use durabletask_testkit::conformance::{ConformanceConfig, ProviderFactory, TestHub};
+    use durabletask_azure_storage::storage::{InMemoryStorage, StorageOp};
+    use durabletask_testkit::conformance::{
+        ConformanceConfig, ProviderFactory, TestHub, WriteProbe,
+    };
     use std::sync::Arc;
     use std::time::Duration;
 
     pub(super) struct MemoryProviderFactory;
+
+    /// Queue puts, table writes and blob uploads, for the suite's "nothing was written" checks.
+    #[derive(Debug)]
+    struct Writes(InMemoryStorage);
+
+    impl WriteProbe for Writes {
+        fn writes(&self) -> u64 {
+            let c = self.0.counters().snapshot();
+            [StorageOp::QueuePut, StorageOp::TableWrite, StorageOp::TableBatch, StorageOp::BlobPut]
+                .iter()
+                .map(|op| c.get(*op))
+                .sum()
+        }
+    }
 
     #[async_trait::async_trait]
     impl ProviderFactory for MemoryProviderFactory {
@@ -54,10 +70,14 @@ mod provider_on_memory {
                 settings.partition_count,
             );
             let url = format!("http://memory.invalid/account/{}", names.large_messages_container);
-            let stack = InMemoryStorage::new().stack(url);
-            let svc = AzureStorageOrchestrationService::with_storage(settings, stack)
+            let storage = InMemoryStorage::new();
+            let svc = AzureStorageOrchestrationService::with_storage(settings, storage.stack(url))
                 .expect("valid settings");
-            TestHub { service: Arc::new(svc.clone()), client: Arc::new(svc) }
+            TestHub {
+                service: Arc::new(svc.clone()),
+                client: Arc::new(svc),
+                writes: Some(Arc::new(Writes(storage))),
+            }
         }
 
         fn config(&self) -> ConformanceConfig {
