@@ -524,7 +524,7 @@ impl BlobStore for AzureStorage {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == StorageErrorKind::NotFound => Ok(None),
             // The SDK downloads in ranges, and the service refuses any range of a 0-byte blob
-            // with 416 `InvalidRange` (Azure and Azurite alike; azure-sdk-for-rust#3361).
+            // with 416 `InvalidRange` (Azure and Azurite alike; the 0.21 SDK does not handle it).
             Err(e) if e.status() == Some(416) && e.code() == Some("InvalidRange") => {
                 Ok(Some(Vec::new()))
             }

@@ -1005,7 +1005,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_expired_lease_is_not_renewable_after_someone_else_wrote_the_blob() {
-        // Azure refuses; Azurite accepts (Azurite#2352).
+        // Azure refuses; Azurite accepts.
         let (s, clock) = on_manual_clock();
         s.create_container_if_not_exists("box").await.unwrap();
         s.put_blob("box", "b", b"x".to_vec(), None).await.unwrap();
