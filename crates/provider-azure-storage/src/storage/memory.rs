@@ -187,6 +187,40 @@ impl InMemoryStorage {
         }
     }
 
+    /// Every message of `queue`, visible or not, in the order they were put, without receiving
+    /// them and without a storage call (for test assertions). Empty if the queue does not exist.
+    pub fn peek_all(&self, queue: &str) -> Vec<ReceivedMessage> {
+        self.lock().queues.get(queue).map_or_else(Vec::new, |messages| {
+            messages
+                .iter()
+                .map(|m| ReceivedMessage {
+                    id: m.id.clone(),
+                    pop_receipt: m.pop_receipt.clone(),
+                    dequeue_count: m.dequeue_count,
+                    insertion_time: whole_second(m.insertion_time),
+                    next_visible: whole_second(m.next_visible),
+                    text: m.text.clone(),
+                })
+                .collect()
+        })
+    }
+
+    /// Every entity of `table` in key order, without a storage call (for test assertions).
+    /// Empty if the table does not exist.
+    pub fn entities(&self, table: &str) -> Vec<TableEntity> {
+        let s = self.lock();
+        s.tables
+            .get(&table.to_ascii_lowercase())
+            .map_or_else(Vec::new, |rows| rows.values().cloned().collect())
+    }
+
+    /// The names of `container`'s blobs in name order, without a storage call (for test
+    /// assertions). Empty if the container does not exist.
+    pub fn blob_names(&self, container: &str) -> Vec<String> {
+        let s = self.lock();
+        s.containers.get(container).map_or_else(Vec::new, |blobs| blobs.keys().cloned().collect())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -1056,6 +1090,22 @@ mod tests {
         assert_eq!(stack.large_messages_container_url, "memory://account/hub-largemessages");
         assert_eq!(stack.counters.snapshot().get(StorageOp::QueueGet), 2);
         assert!(format!("{s:?}").contains("queues: 1"));
+        // Inspection makes no storage call and changes nothing.
+        let before = s.counters().snapshot();
+        let peeked = s.peek_all("queue");
+        assert_eq!((peeked.len(), peeked[0].text.as_str(), peeked[0].dequeue_count), (1, "m", 1));
+        s.create_table_if_not_exists("table").await.unwrap();
+        s.write("table", BatchOp { mode: WriteMode::Upsert, entity: TableEntity::new("p", "r") })
+            .await
+            .unwrap();
+        s.create_container_if_not_exists("box").await.unwrap();
+        s.put_blob("box", "b/1", Vec::new(), None).await.unwrap();
+        let after_writes = s.counters().snapshot();
+        assert_eq!(s.entities("TABLE").len(), 1);
+        assert_eq!(s.blob_names("box"), ["b/1"]);
+        assert!(s.peek_all("missing").is_empty() && s.entities("missing").is_empty());
+        assert_eq!(s.counters().snapshot(), after_writes);
+        assert_eq!(after_writes.since(&before).total(), 4);
     }
 
     #[tokio::test]
