@@ -7,6 +7,7 @@
 //! cargo xtask bench [--criterion] [-- ARGS]  dtbench on the in-memory provider, then on Azurite
 //! cargo xtask demo                            run the sample orchestrations against Azurite
 //! cargo xtask stress [--light] [--seed=N]     reliability scenarios (heavy profile) on Azurite
+//! cargo xtask stress --soak[=MINUTES]         one worker, mixed traffic, flatness verdict
 //! ```
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool talks on stdout/stderr
 
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <azurite start|stop|status|env | test [--external] [-- ARGS] | ci | demo | tidy | bench [--memory-only|--azure-only] [--criterion] [-- ARGS] | stress [--light] [--seed=N]>";
+const USAGE: &str = "usage: cargo xtask <azurite start|stop|status|env | test [--external] [-- ARGS] | ci | demo | tidy | bench [--memory-only|--azure-only] [--criterion] [-- ARGS] | stress [--light] [--seed=N] [--only=NAME] [--soak[=MINUTES]]>";
 
 fn run() -> Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,6 +1,9 @@
-//! `cargo xtask stress [--light] [--seed=N]`: build the chaos harness, start a private Azurite
-//! (or reuse the one `cargo xtask azurite start` left running), run every reliability scenario
-//! with the heavy profile (`chaos_stress`, crates/chaos) and print one summary line per scenario.
+//! `cargo xtask stress [--light] [--seed=N] [--only=NAME] [--soak[=MINUTES]]`: build the chaos
+//! harness, start a private Azurite (or reuse the one `cargo xtask azurite start` left running),
+//! run every reliability scenario with the heavy profile (`chaos_stress`, crates/chaos) and print
+//! one summary line per scenario. `--soak[=MINUTES]` (default 30) runs the soak mode instead: one
+//! worker, mixed traffic with the start storm, held/buffered/in-flight counts, poller receive ages
+//! and the blob count sampled every 10 s, then a summary table and a flatness verdict.
 //! The Azurite this command started is always stopped.
 
 use crate::{azurite, cargo, run_cmd};

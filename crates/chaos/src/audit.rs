@@ -3,7 +3,8 @@
 //! For every planned instance: it reached Completed with the expected output (I1), nothing is
 //! stuck, History and Instances agree on status and output (I4), the current execution has one
 //! `ExecutionStarted` and one `ExecutionCompleted`, every completion refers to a scheduled task
-//! (I3), and every scheduled activity appears in the ledger at least once (I8). Duplicate
+//! (I3), the row and the history are on the same execution, and every scheduled activity
+//! appears in the ledger at least once (I8). Duplicate
 //! executions (ledger count - 1) are counted and reported, not failed: activities are
 //! at-least-once (G2). After a purge, the large-message container must be empty (I6).
 
@@ -16,6 +17,7 @@ use durabletask_core::{
     EventKind, OrchestrationQuery, OrchestrationServiceClient, OrchestrationStatus,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Retries a harness read a few times: the auditor must not fail on one timeout of a storage
@@ -237,7 +239,19 @@ pub async fn audit(
                 _ => None,
             })
             .collect();
-        let mut consistent = starts == 1 && ends.len() == 1;
+        // The Instances row must name the execution the history holds (a recreation storm once
+        // left them on different executions).
+        let history_exec = history.iter().find_map(|e| match &e.kind {
+            EventKind::ExecutionStarted(s) => s.orchestration_instance.execution_id.clone(),
+            _ => None,
+        });
+        let same_execution = history_exec.as_deref() == Some(exec.as_str());
+        if !same_execution {
+            a.problem(format!(
+                "{id}: the Instances row names execution {exec:?}, the history {history_exec:?}"
+            ));
+        }
+        let mut consistent = starts == 1 && ends.len() == 1 && same_execution;
         if let Some((status, result)) = ends.first()
             && (*status != state.orchestration_status || *result != state.output)
         {
@@ -335,4 +349,234 @@ pub async fn purge_and_count_orphan_blobs(
 pub async fn queue_residue(svc: &AzureStorageOrchestrationService) -> Result<u64> {
     let info = retry(|| svc.hub_info()).await?;
     Ok(info.control_queues.iter().map(|(_, n)| n).sum::<u64>() + info.work_item_queue_length)
+}
+
+/// The large-message container against the rows that reference it (issue 12), from the
+/// provider's one definition ([`durabletask_azure_storage::audit::blob_references`]): `orphans`
+/// are in the container but referenced by no live History or Instances row, `dangling` are
+/// referenced but missing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlobCheck {
+    /// Blobs in the container.
+    pub in_container: usize,
+    /// Distinct blobs referenced by live History and Instances rows.
+    pub referenced: usize,
+    /// In the container, referenced by nothing.
+    pub orphans: Vec<String>,
+    /// Referenced, not in the container (with who references them).
+    pub dangling: Vec<String>,
+}
+
+impl BlobCheck {
+    /// True when the container holds exactly the referenced blobs.
+    pub fn exact(&self) -> bool {
+        self.orphans.is_empty() && self.dangling.is_empty()
+    }
+}
+
+impl std::fmt::Display for BlobCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let first = |v: &[String]| -> Vec<String> { v.iter().take(8).cloned().collect() };
+        write!(
+            f,
+            "{} blobs, {} referenced, {} orphans (first {:?}), {} dangling (first {:?})",
+            self.in_container,
+            self.referenced,
+            self.orphans.len(),
+            first(&self.orphans),
+            self.dangling.len(),
+            first(&self.dangling)
+        )
+    }
+}
+
+/// Compares the hub's large-message container with the blobs live rows reference (meaningful
+/// when every instance is terminal and the queues are empty: an in-flight message's blob is not
+/// referenced by a row).
+///
+/// # Errors
+/// When storage reads keep failing.
+pub async fn blob_references(
+    stack: &durabletask_azure_storage::StorageStack,
+    names: &durabletask_azure_storage::ResourceNames,
+) -> Result<BlobCheck> {
+    let a = retry(|| durabletask_azure_storage::audit::blob_references(stack, names)).await?;
+    Ok(BlobCheck {
+        in_container: a.in_container.len(),
+        referenced: a.referenced.len(),
+        orphans: a.orphans().into_iter().collect(),
+        dangling: a
+            .dangling()
+            .into_iter()
+            .map(|d| {
+                let by = a.referenced_by.get(&d).map(|v| v.join(", ")).unwrap_or_default();
+                format!("{d} (from {by})")
+            })
+            .collect(),
+    })
+}
+
+/// Samples the provider stats of in-process workers during a run and records every breach of
+/// the liveness invariants issue 12 asks for (the held-set leak that once stopped a worker for
+/// good would have failed all three):
+/// * a poller of an owned partition had no successful receive (empty or not) for longer than the
+///   lease interval, or stayed paused at the buffer threshold that long;
+/// * `leaked_messages()` (held ids that are neither buffered nor in flight) stayed above 0 in
+///   [`LEAK_SAMPLES`] consecutive samples (one sample can catch a prefetch handing over).
+#[derive(Debug)]
+pub struct StatsMonitor {
+    shared: Arc<MonitorShared>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Consecutive samples with leaked messages that count as a leak.
+pub const LEAK_SAMPLES: u32 = 2;
+
+#[derive(Debug)]
+struct MonitorShared {
+    lease: Duration,
+    nodes: Mutex<BTreeMap<String, Watched>>,
+    findings: Mutex<StatsFindings>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    svc: AzureStorageOrchestrationService,
+    leak_streak: u32,
+    first_seen: BTreeMap<String, Instant>,
+}
+
+/// What a [`StatsMonitor`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct StatsFindings {
+    /// Samples taken (one per watched worker per period).
+    pub samples: u64,
+    /// Largest held count.
+    pub max_held: usize,
+    /// Longest time since a poller's last successful receive.
+    pub max_receive_age: Duration,
+    /// Longest pause at the buffer threshold.
+    pub max_paused: Duration,
+    /// Largest leaked count in a sample.
+    pub max_leaked: usize,
+    /// Breaches, one entry per worker, invariant and control queue (the worst value seen).
+    pub violations: BTreeMap<String, String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl StatsMonitor {
+    /// Starts sampling every `period`; `lease` is the bound for receive ages and pauses.
+    pub fn start(lease: Duration, period: Duration) -> Arc<Self> {
+        let shared = Arc::new(MonitorShared {
+            lease,
+            nodes: Mutex::new(BTreeMap::new()),
+            findings: Mutex::new(StatsFindings::default()),
+        });
+        let weak = Arc::downgrade(&shared);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                shared.sample();
+            }
+        });
+        Arc::new(Self { shared, task: Mutex::new(Some(task)) })
+    }
+
+    /// Watches `svc` under `name` (replacing a worker of that name).
+    pub fn watch(&self, name: &str, svc: AzureStorageOrchestrationService) {
+        lock(&self.shared.nodes)
+            .insert(name.to_owned(), Watched { svc, leak_streak: 0, first_seen: BTreeMap::new() });
+    }
+
+    /// Stops watching `name` (before it stops or is killed).
+    pub fn unwatch(&self, name: &str) {
+        lock(&self.shared.nodes).remove(name);
+    }
+
+    /// Takes one sample now (also done every period).
+    pub fn sample_now(&self) {
+        self.shared.sample();
+    }
+
+    /// What was seen so far.
+    pub fn findings(&self) -> StatsFindings {
+        lock(&self.shared.findings).clone()
+    }
+
+    /// Stops sampling.
+    pub fn stop(&self) {
+        if let Some(t) = lock(&self.task).take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for StatsMonitor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl MonitorShared {
+    fn sample(&self) {
+        let now = Instant::now();
+        let mut nodes = lock(&self.nodes);
+        let mut f = lock(&self.findings);
+        for (name, w) in nodes.iter_mut() {
+            let s = w.svc.stats();
+            f.samples += 1;
+            f.max_held = f.max_held.max(s.held_messages);
+            let leaked = s.leaked_messages();
+            f.max_leaked = f.max_leaked.max(leaked);
+            w.leak_streak = if leaked > 0 { w.leak_streak + 1 } else { 0 };
+            if w.leak_streak >= LEAK_SAMPLES {
+                f.violations.insert(
+                    format!("{name}: leak"),
+                    format!(
+                        "{name}: {leaked} held message ids neither buffered nor in flight for {} \
+                         samples (held {}, buffered {}, in flight {})",
+                        w.leak_streak, s.held_messages, s.buffered_messages, s.in_flight_messages
+                    ),
+                );
+            }
+            for q in &s.control_queues {
+                let first = *w.first_seen.entry(q.control_queue.clone()).or_insert(now);
+                let age = q.since_last_receive.unwrap_or_else(|| now - first);
+                f.max_receive_age = f.max_receive_age.max(age);
+                if age > self.lease {
+                    f.violations.insert(
+                        format!("{name}: receive {}", q.control_queue),
+                        format!(
+                            "{name}: the poller of {} has not received for {:.1}s (lease {}s)",
+                            q.control_queue,
+                            age.as_secs_f64(),
+                            self.lease.as_secs()
+                        ),
+                    );
+                }
+                if let Some(p) = q.paused_for {
+                    f.max_paused = f.max_paused.max(p);
+                    if p > self.lease {
+                        f.violations.insert(
+                            format!("{name}: paused {}", q.control_queue),
+                            format!(
+                                "{name}: the poller of {} paused at the buffer threshold for {:.1}s \
+                                 (held {})",
+                                q.control_queue,
+                                p.as_secs_f64(),
+                                s.held_messages
+                            ),
+                        );
+                    }
+                }
+            }
+            w.first_seen.retain(|q, _| s.control_queues.iter().any(|c| &c.control_queue == q));
+        }
+    }
 }

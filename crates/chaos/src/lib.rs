@@ -9,6 +9,11 @@
 //! * [`procs`]: `chaos_worker` child processes the harness can SIGKILL, SIGSTOP and SIGCONT.
 //! * [`scenarios`]: crash points, process kills, lease races, storage faults, reordering, poison
 //!   messages, bad input and clock jumps, each returning a [`scenarios::ScenarioReport`].
+//! * [`storm`]: the start storm of issue 12 (duplicate, stale and re-sent starts, concurrent
+//!   recreations, events and terminates to missing and completed instances, continue-as-new
+//!   loops with large payloads), shared by its scenario and the soak mode.
+//! * [`soak`]: the soak mode of `cargo xtask stress --soak`: one worker, rounds of mixed traffic,
+//!   stats and blob counts sampled every 10 s, a flatness verdict.
 //! * [`logs`]: a tracing layer that counts the provider's well-known log events
 //!   (`SplitBrainDetected`, `PoisonMessageDetected`, ...).
 
@@ -18,6 +23,8 @@ pub mod logs;
 pub mod procs;
 pub mod scenarios;
 pub mod setup;
+pub mod soak;
+pub mod storm;
 pub mod workload;
 
 use durabletask_azure_storage::storage::StorageError;

@@ -20,6 +20,7 @@ pub const WATCHED: &[&str] = &[
     "MessageFailure",
     "PartitionManagerWarning",
     "OrchestrationProcessingFailure",
+    "PendingOrchestratorMessageLimitReached",
 ];
 
 fn counts() -> &'static Mutex<BTreeMap<&'static str, u64>> {

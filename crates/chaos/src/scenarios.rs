@@ -2,11 +2,12 @@
 //! audits the result and returns a [`ScenarioReport`] whose [`Display`](std::fmt::Display) is
 //! the one summary line `cargo xtask stress` prints.
 
-use crate::audit::{self, Audit};
+use crate::audit::{self, Audit, StatsMonitor};
 use crate::ledger::Ledger;
 use crate::logs;
 use crate::procs::WorkerProcess;
 use crate::setup::{ChaosEnv, Node, NodeSpec, chaos_settings, client_provider, fresh_hub};
+use crate::storm::StormSize;
 use crate::workload::{self, Planned};
 use crate::{ChaosError, Result};
 use durabletask_azure_storage::envelope::MessageData;
@@ -29,6 +30,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
+
+/// How often the stats of in-process workers are sampled.
+pub const STATS_PERIOD: Duration = Duration::from_millis(500);
 
 /// Sizes of a run.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +65,8 @@ pub struct Profile {
     pub clock_n: usize,
     /// Clock jumps (seconds, signed) applied to one worker, one case each.
     pub clock_jumps: &'static [i64],
+    /// The start storm (issue 12).
+    pub storm: StormSize,
     /// Longest wait for a scenario's instances.
     pub timeout: Duration,
 }
@@ -77,13 +83,23 @@ impl Profile {
         stall_n: 20,
         stalls: 1,
         fault_n: 30,
-        // 5 %: the low end of issue 8's range. At 10-20 % about 1-2 % of instances can still be
-        // running after the deadline (an open liveness finding, reported by the heavy profile).
-        fault_rate: 0.05,
+        fault_rate: 0.10,
         reorder_n: 30,
         poison_n: 20,
         clock_n: 20,
         clock_jumps: &[45],
+        storm: StormSize {
+            normal: 40,
+            dup_ids: 6,
+            dup_starts: 8,
+            recreate_ids: 3,
+            recreate_tasks: 3,
+            recreate_rounds: 3,
+            loops: 3,
+            loop_generations: 4,
+            targets: 4,
+            missing: 6,
+        },
         timeout: Duration::from_secs(200),
     };
 
@@ -103,6 +119,18 @@ impl Profile {
         poison_n: 50,
         clock_n: 100,
         clock_jumps: &[90, -90],
+        storm: StormSize {
+            normal: 200,
+            dup_ids: 20,
+            dup_starts: 16,
+            recreate_ids: 8,
+            recreate_tasks: 4,
+            recreate_rounds: 6,
+            loops: 10,
+            loop_generations: 15,
+            targets: 10,
+            missing: 30,
+        },
         timeout: Duration::from_secs(600),
     };
 }
@@ -135,7 +163,7 @@ pub struct ScenarioReport {
 }
 
 impl ScenarioReport {
-    fn new(name: impl Into<String>, seed: u64) -> Self {
+    pub(crate) fn new(name: impl Into<String>, seed: u64) -> Self {
         Self {
             name: name.into(),
             seed,
@@ -174,11 +202,11 @@ impl ScenarioReport {
         s
     }
 
-    fn extra(&mut self, k: &str, v: impl fmt::Display) {
+    pub(crate) fn extra(&mut self, k: &str, v: impl fmt::Display) {
         self.extra.push((k.to_owned(), v.to_string()));
     }
 
-    fn fail(&mut self, f: impl Into<String>) {
+    pub(crate) fn fail(&mut self, f: impl Into<String>) {
         self.failures.push(f.into());
     }
 }
@@ -247,6 +275,8 @@ pub struct TestHub {
     pub storage: Arc<AzureStorage>,
     /// The activity ledger.
     pub ledger: Arc<Ledger>,
+    /// Samples the stats of every in-process worker [`node`](Self::node) starts.
+    pub monitor: Arc<StatsMonitor>,
 }
 
 impl TestHub {
@@ -261,7 +291,9 @@ impl TestHub {
         let storage = env.storage();
         let ledger = Arc::new(Ledger::new(storage.clone(), &hub, "harness"));
         ledger.create().await?;
-        Ok(Self { env: env.clone(), hub, admin, storage, ledger })
+        let lease = admin.azure_settings().lease_interval;
+        let monitor = StatsMonitor::start(lease, STATS_PERIOD);
+        Ok(Self { env: env.clone(), hub, admin, storage, ledger, monitor })
     }
 
     /// A ledger handle for a worker named `worker`.
@@ -285,7 +317,21 @@ impl TestHub {
     /// When it cannot start.
     pub async fn node(&self, spec: NodeSpec) -> Result<Node> {
         let ledger = self.ledger_for(&spec.settings.worker_id);
-        Node::start(&self.env, spec, &ledger).await
+        Ok(Node::start(&self.env, spec, &ledger).await?.watched_by(&self.monitor))
+    }
+
+    /// The stats monitor's findings into `report`: figures as extras, every breach a failure.
+    pub fn stats_into(&self, report: &mut ScenarioReport) {
+        self.monitor.sample_now();
+        let f = self.monitor.findings();
+        report.extra("stats_samples", f.samples);
+        report.extra("max_held", f.max_held);
+        report.extra("max_leaked", f.max_leaked);
+        report.extra("max_recv_age", format!("{:.1}s", f.max_receive_age.as_secs_f64()));
+        report.extra("max_paused", format!("{:.1}s", f.max_paused.as_secs_f64()));
+        for v in f.violations.into_values() {
+            report.fail(format!("stats: {v}"));
+        }
     }
 
     /// A client over the admin provider.
@@ -340,14 +386,15 @@ impl TestHub {
         Ok(())
     }
 
-    /// Deletes the hub and its ledger.
+    /// Deletes the hub and its ledger (and stops the stats monitor).
     pub async fn delete(&self) {
+        self.monitor.stop();
         let _ = self.admin.delete().await;
         let _ = self.ledger.delete().await;
     }
 }
 
-fn merge_events(report: &mut ScenarioReport, counts: BTreeMap<&'static str, u64>) {
+pub(crate) fn merge_events(report: &mut ScenarioReport, counts: BTreeMap<&'static str, u64>) {
     for (k, v) in counts {
         *report.events.entry(k.to_owned()).or_insert(0) += v;
     }
@@ -453,6 +500,7 @@ pub async fn crash_point(env: &ChaosEnv, point: CrashPoint, n: usize) -> Result<
         report.fail("the crash point was never reached");
     }
     b.stop(Duration::from_secs(10)).await?;
+    hub.stats_into(&mut report);
     merge_events(&mut report, logs::since(&before));
     hub.delete().await;
     report.wall = started.elapsed();
@@ -627,6 +675,7 @@ async fn run_faulty(
     for node in nodes {
         node.stop(Duration::from_secs(10)).await?;
     }
+    hub.stats_into(&mut report);
     merge_events(&mut report, logs::since(&before));
     hub.delete().await;
     report.wall = started.elapsed();
@@ -726,6 +775,7 @@ pub async fn blob_outage(env: &ChaosEnv) -> Result<ScenarioReport> {
     hub.finish(&mut report, &planned, Duration::from_secs(90)).await?;
     report.extra("quarantined", hub.admin.hub_info().await?.poison_queue_length);
     node.stop(Duration::from_secs(10)).await?;
+    hub.stats_into(&mut report);
     merge_events(&mut report, logs::since(&before));
     hub.delete().await;
     report.wall = started.elapsed();
@@ -863,6 +913,7 @@ pub async fn poison_messages(env: &ChaosEnv, profile: &Profile) -> Result<Scenar
     }
     report.extra("residual_msgs", audit::queue_residue(&hub.admin).await.unwrap_or(0));
     node.stop(Duration::from_secs(10)).await?;
+    hub.stats_into(&mut report);
     merge_events(&mut report, logs::since(&before));
     hub.delete().await;
     report.wall = started.elapsed();
@@ -1093,6 +1144,7 @@ pub async fn clock_jump(env: &ChaosEnv, n: usize, jump_secs: i64) -> Result<Scen
     hub.purge_into(&mut report, &planned).await?;
     a.stop(Duration::from_secs(10)).await?;
     b.stop(Duration::from_secs(10)).await?;
+    hub.stats_into(&mut report);
     merge_events(&mut report, logs::since(&before));
     hub.delete().await;
     report.wall = started.elapsed();
@@ -1139,6 +1191,9 @@ pub async fn run_all(
     }
     if wanted("poison-messages") {
         push(poison_messages(env, profile).await?);
+    }
+    if wanted("start-storm") {
+        push(crate::storm::start_storm(env, profile, seed).await?);
     }
     if wanted("bad-input") {
         push(bad_input(env).await?);

@@ -1,5 +1,6 @@
 //! Storage environment, test settings and in-process workers.
 
+use crate::audit::StatsMonitor;
 use crate::ledger::Ledger;
 use crate::{ChaosError, Result};
 use durabletask_azure_storage::storage::{AzureStorage, StorageAccount};
@@ -136,6 +137,20 @@ pub struct Node {
     /// The provider (also the client side).
     pub svc: AzureStorageOrchestrationService,
     worker: Option<TaskHubWorker>,
+    watch: Option<Watch>,
+}
+
+/// A worker's registration with a [`StatsMonitor`]; unregisters when dropped.
+#[derive(Debug)]
+struct Watch {
+    monitor: Arc<StatsMonitor>,
+    name: String,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.monitor.unwatch(&self.name);
+    }
 }
 
 impl Node {
@@ -160,7 +175,15 @@ impl Node {
             chaos_worker_options(spec.clock),
         )
         .await?;
-        Ok(Self { svc, worker: Some(worker) })
+        Ok(Self { svc, worker: Some(worker), watch: None })
+    }
+
+    /// Has `monitor` sample this worker's stats until it stops or is killed.
+    pub fn watched_by(mut self, monitor: &Arc<StatsMonitor>) -> Self {
+        let name = self.svc.azure_settings().worker_id.clone();
+        monitor.watch(&name, self.svc.clone());
+        self.watch = Some(Watch { monitor: monitor.clone(), name });
+        self
     }
 
     /// A typed client over this node's provider.
@@ -174,6 +197,7 @@ impl Node {
     /// # Errors
     /// When the provider fails to stop.
     pub async fn stop(mut self, drain: Duration) -> Result<()> {
+        self.watch = None;
         if let Some(w) = self.worker.take() {
             w.shutdown(drain).await?;
         }
@@ -183,6 +207,7 @@ impl Node {
     /// Abrupt stop, as close to a crash as one process allows: dispatchers dropped, partition
     /// leases abandoned without release, buffered messages left to their visibility timeout.
     pub async fn kill(mut self) {
+        self.watch = None;
         if let Some(w) = self.worker.take() {
             drop(w);
         }

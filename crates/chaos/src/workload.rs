@@ -22,6 +22,20 @@ pub const FAN_OUT: &str = "ChaosFanOut";
 pub const TIMER: &str = "ChaosTimer";
 /// Sub-orchestration of a chain.
 pub const PARENT: &str = "ChaosParent";
+/// Continue-as-new loop: input `"{n}|{pad}"` continues as `"{n-1}|{pad}"` until `n` is 0, then
+/// returns [`loop_output`]. A pad over 45 KiB puts every generation's start message, input and
+/// output into large-message blobs.
+pub const LOOP: &str = "ChaosLoop";
+
+/// The input of a [`LOOP`] instance running `generations` generations.
+pub fn loop_input(generations: u32, pad: &str) -> String {
+    format!("{generations}|{pad}")
+}
+
+/// The output of a [`LOOP`] instance whose input carried `pad`.
+pub fn loop_output(pad: &str) -> String {
+    format!("done|{pad}")
+}
 
 /// The activity's function.
 pub fn step(x: &str) -> String {
@@ -59,6 +73,16 @@ pub fn registry(ledger: Arc<Ledger>) -> RegistryBuilder {
             ctx.create_timer_after(Duration::from_secs(2)).await;
             let x: String = ctx.call_activity(STEP, &seed).await?;
             Ok(x)
+        })
+        .orchestration(LOOP, |ctx: OrchestrationContext, input: String| async move {
+            let (n, pad) = input.split_once('|').unwrap_or(("0", input.as_str()));
+            match n.parse::<u32>() {
+                Ok(n) if n > 0 => {
+                    ctx.continue_as_new(&loop_input(n - 1, pad));
+                    Ok(String::new())
+                }
+                _ => Ok(loop_output(pad)),
+            }
         })
         .orchestration(PARENT, |ctx: OrchestrationContext, seed: String| async move {
             let child = format!("{}-child", ctx.instance_id());

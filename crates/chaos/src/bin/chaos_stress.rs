@@ -1,11 +1,15 @@
 //! `chaos_stress`: runs every chaos scenario with the heavy profile (or `--light`) against the
 //! storage in `DTF_CHAOS_CONNECTION_STRING` and prints one summary line per scenario, then
 //! `N passed, N failed`. `cargo xtask stress` starts Azurite and runs this.
+//!
+//! `--soak[=MINUTES]` (default 30) runs the soak mode instead: one worker, mixed traffic with
+//! the start storm, a sample every 10 s, a summary table and a flatness verdict.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a binary reports on stdout
 
 use durabletask_chaos::scenarios::{self, Profile};
 use durabletask_chaos::setup::{CONNECTION_STRING_VAR, ChaosEnv};
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
@@ -35,6 +39,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(minutes) = soak_minutes(&args) {
+        return soak(&env, minutes, seed).await;
+    }
     println!("chaos_stress: profile={} seed={seed}", profile.name);
     // `--only=NAME` runs the scenarios whose name starts with NAME (e.g. `--only=storage-faults`).
     let only = args.iter().find_map(|a| a.strip_prefix("--only="));
@@ -50,6 +57,52 @@ async fn main() -> ExitCode {
             let passed = reports.iter().filter(|r| r.passed()).count();
             println!("{passed} passed, {} failed", reports.len() - passed);
             if passed == reports.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(e) => {
+            eprintln!("chaos_stress: harness error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--soak` (30 minutes) or `--soak=MINUTES`.
+fn soak_minutes(args: &[String]) -> Option<f64> {
+    args.iter().find_map(|a| {
+        if a == "--soak" {
+            Some(30.0)
+        } else {
+            a.strip_prefix("--soak=").and_then(|m| m.parse().ok())
+        }
+    })
+}
+
+async fn soak(env: &ChaosEnv, minutes: f64, seed: u64) -> ExitCode {
+    let config = durabletask_chaos::soak::SoakConfig {
+        duration: Duration::from_secs_f64(minutes * 60.0),
+        sample_every: Duration::from_secs(10),
+        seed,
+    };
+    println!("chaos_stress: soak {minutes} min, sample every 10 s, seed={seed}");
+    let result = durabletask_chaos::soak::soak(env, config, |s| {
+        println!(
+            "  t={:>5.0}s held={} buffered={} in_flight={} leaked={} max_recv_age={:.1}s paused={} blobs={} queued={} completed={}",
+            s.at.as_secs_f64(),
+            s.held,
+            s.buffered,
+            s.in_flight,
+            s.leaked,
+            s.max_receive_age.as_secs_f64(),
+            s.paused,
+            s.blobs,
+            s.queued,
+            s.completed
+        );
+    })
+    .await;
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Err(e) => {
             eprintln!("chaos_stress: harness error: {e}");

@@ -105,3 +105,9 @@ async fn clock_jump_of_one_worker_loses_nothing() {
         check(&scenarios::clock_jump(&env, Profile::LIGHT.clock_n, *jump).await.unwrap());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_storm_keeps_the_worker_running_and_leaks_nothing() {
+    let Some(env) = env("chaos_start_storm") else { return };
+    check(&durabletask_chaos::storm::start_storm(&env, &Profile::LIGHT, SEED).await.unwrap());
+}
