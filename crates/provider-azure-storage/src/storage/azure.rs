@@ -2,9 +2,9 @@
 
 use super::entity::TableEntity;
 use super::{
-    BatchOp, BlobStore, EntityPage, MAX_BATCH_BYTES, MAX_BATCH_OPERATIONS, MAX_ENTITY_BYTES,
-    QueueStore, ReceivedMessage, StorageAccount, StorageCounters, StorageError, StorageErrorKind,
-    StorageOp, StorageResult, TableContinuation, TableStore, WriteMode,
+    BatchOp, BlobStore, EntityPage, INFINITE_LEASE, MAX_BATCH_BYTES, MAX_BATCH_OPERATIONS,
+    MAX_ENTITY_BYTES, QueueStore, ReceivedMessage, StorageAccount, StorageCounters, StorageError,
+    StorageErrorKind, StorageOp, StorageResult, TableContinuation, TableStore, WriteMode,
 };
 use async_trait::async_trait;
 use azure_core::error::ErrorKind;
@@ -31,7 +31,7 @@ const MESSAGE_TTL: Duration = Duration::from_secs(i32::MAX as u64);
 
 /// The queue service counts visibility in whole seconds; round up so a message never becomes
 /// visible before the caller asked (a durable timer must not fire early).
-fn whole_seconds_up(d: Duration) -> Duration {
+pub(super) fn whole_seconds_up(d: Duration) -> Duration {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     Duration::from_secs(secs)
 }
@@ -165,20 +165,34 @@ fn if_match(etag: &Option<String>) -> IfMatchCondition {
     }
 }
 
-fn lease_duration(operation: &'static str, d: Duration) -> StorageResult<LeaseDuration> {
+/// A lease duration in whole seconds (15-60), or `None` for [`INFINITE_LEASE`].
+pub(super) fn lease_duration_secs(
+    operation: &'static str,
+    d: Duration,
+) -> StorageResult<Option<u8>> {
+    if d == INFINITE_LEASE {
+        return Ok(None);
+    }
     let secs = d.as_secs();
     if !(15..=60).contains(&secs) {
         return Err(StorageError::new(
             StorageErrorKind::InvalidInput,
             operation,
-            format!("blob lease duration must be 15-60 s, got {secs} s"),
+            format!("blob lease duration must be 15-60 s or infinite, got {secs} s"),
         ));
     }
-    Ok(LeaseDuration::Seconds(u8::try_from(secs).unwrap_or(60)))
+    Ok(Some(u8::try_from(secs).unwrap_or(60)))
+}
+
+fn lease_duration(operation: &'static str, d: Duration) -> StorageResult<LeaseDuration> {
+    Ok(match lease_duration_secs(operation, d)? {
+        Some(secs) => LeaseDuration::Seconds(secs),
+        None => LeaseDuration::Infinite,
+    })
 }
 
 /// Client-side limit check: Azurite accepts oversized entities and batches that Azure rejects.
-fn check_entity_size(operation: &'static str, json: &Value) -> StorageResult<()> {
+pub(super) fn check_entity_size(operation: &'static str, json: &Value) -> StorageResult<()> {
     let size = json.to_string().len();
     if size > MAX_ENTITY_BYTES {
         return Err(StorageError::new(
@@ -509,6 +523,11 @@ impl BlobStore for AzureStorage {
         match self.call(StorageOp::BlobGet, "get blob", client.get_content()).await {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == StorageErrorKind::NotFound => Ok(None),
+            // The SDK downloads in ranges, and the service refuses any range of a 0-byte blob
+            // with 416 `InvalidRange` (Azure and Azurite alike; the 0.21 SDK does not handle it).
+            Err(e) if e.status() == Some(416) && e.code() == Some("InvalidRange") => {
+                Ok(Some(Vec::new()))
+            }
             Err(e) => Err(e),
         }
     }

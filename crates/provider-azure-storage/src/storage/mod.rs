@@ -1,21 +1,31 @@
 //! The provider's own small storage layer.
 //!
 //! Every Azure Storage call the provider makes goes through the three object-safe traits here
-//! ([`QueueStore`], [`TableStore`], [`BlobStore`]). The Azure SDK implementation lives in
-//! [`azure`]; decorators (fault injection, latency) wrap the same traits. Every call is counted in
-//! [`StorageCounters`] by kind, and every failure is classified into a [`StorageErrorKind`].
+//! ([`QueueStore`], [`TableStore`], [`BlobStore`]). The Azure SDK implementation is
+//! [`AzureStorage`], the in-memory one with the same semantics [`InMemoryStorage`]; decorators
+//! (retries, fault injection, a concurrency limit) wrap the same traits. Every call is counted in
+//! [`StorageCounters`] by kind, and every failure is classified into a [`StorageErrorKind`]. The
+//! `testing` feature adds `conformance`, the suite every implementation and decorator passes.
 
 mod account;
 mod azure;
 mod counters;
 mod entity;
 pub mod fault;
+mod limit;
+mod memory;
 mod retry;
+
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod conformance;
 
 pub use account::StorageAccount;
 pub use azure::AzureStorage;
 pub use counters::{StorageCounters, StorageOp, StorageOpCounts};
 pub use entity::{EdmValue, TableEntity};
+pub use limit::ConcurrencyLimitedStorage;
+pub use memory::{InMemoryStorage, MAX_QUEUE_MESSAGE_BYTES};
 pub use retry::{RetryPolicy, RetryingStorage};
 
 use async_trait::async_trait;
@@ -273,6 +283,9 @@ pub trait TableStore: Send + Sync + fmt::Debug {
     async fn batch(&self, table: &str, ops: Vec<BatchOp>) -> StorageResult<Vec<Option<String>>>;
 }
 
+/// The lease duration that never expires (the service's `-1`).
+pub const INFINITE_LEASE: Duration = Duration::MAX;
+
 /// Blob operations (Azure Blob Storage semantics), including leases.
 #[async_trait]
 pub trait BlobStore: Send + Sync + fmt::Debug {
@@ -294,7 +307,8 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     async fn delete_blob_if_exists(&self, container: &str, name: &str) -> StorageResult<()>;
     /// Names of the blobs whose names start with `prefix`.
     async fn list_blobs(&self, container: &str, prefix: &str) -> StorageResult<Vec<String>>;
-    /// Acquires a lease for `duration` (15-60 s) with our proposed ID; `Conflict` if held.
+    /// Acquires a lease for `duration` (15-60 s, or [`INFINITE_LEASE`]) with our proposed ID;
+    /// `Conflict` if held by another ID.
     async fn acquire_lease(
         &self,
         container: &str,

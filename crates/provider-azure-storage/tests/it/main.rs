@@ -10,5 +10,6 @@ mod instance_ids;
 mod liveness;
 mod partitions;
 mod provider;
+mod storage_conformance;
 mod storage_layer;
 mod support;
