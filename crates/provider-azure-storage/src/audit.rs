@@ -25,9 +25,7 @@ use crate::StorageStack;
 use crate::keys::blob_segment;
 use crate::large::LargePayloads;
 use crate::naming::ResourceNames;
-use crate::storage::{
-    BlobStore, StorageErrorKind, StorageResult, TableContinuation, TableEntity, TableStore,
-};
+use crate::storage::{BlobStore, StorageErrorKind, StorageResult, TableEntity, TableStore};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -179,21 +177,7 @@ pub async fn blob_references_in(
 
 /// Every row of `table` (none if the table does not exist).
 async fn scan(tables: &dyn TableStore, table: &str) -> StorageResult<Vec<TableEntity>> {
-    let mut rows = Vec::new();
-    let mut continuation: Option<TableContinuation> = None;
-    loop {
-        let page = match tables.query(table, None, None, None, continuation).await {
-            Ok(p) => p,
-            Err(e) if e.kind() == StorageErrorKind::NotFound => break,
-            Err(e) => return Err(e),
-        };
-        rows.extend(page.entities);
-        continuation = page.continuation;
-        if continuation.is_none() {
-            break;
-        }
-    }
-    Ok(rows)
+    crate::storage::query_all(tables, table, None, None).await
 }
 
 /// The blob-name prefix of `instance_id` (`{escaped id}/`), for "nothing left after purge" checks.

@@ -162,30 +162,17 @@ impl AzureStorageOrchestrationService {
         let pk = escape_partition_key(instance_id);
         // History rows (keys only), in delete batches of 100.
         let filter = format!("PartitionKey eq {}", quote(&pk));
-        let mut continuation = None;
-        let mut keys = Vec::new();
-        loop {
-            let page = match inner
-                .tables
-                .query(
-                    &inner.names.history_table,
-                    Some(&filter),
-                    Some(&["PartitionKey", "RowKey"]),
-                    None,
-                    continuation,
-                )
-                .await
-            {
-                Ok(p) => p,
-                Err(e) if e.kind() == StorageErrorKind::NotFound => break,
-                Err(e) => return Err(provider_error(OP, e)),
-            };
-            keys.extend(page.entities.into_iter().map(|e| e.row_key));
-            continuation = page.continuation;
-            if continuation.is_none() {
-                break;
-            }
-        }
+        let mut keys: Vec<String> = crate::storage::query_all(
+            inner.tables.as_ref(),
+            &inner.names.history_table,
+            Some(&filter),
+            Some(&["PartitionKey", "RowKey"]),
+        )
+        .await
+        .map_err(|e| provider_error(OP, e))?
+        .into_iter()
+        .map(|e| e.row_key)
+        .collect();
         // The sentinel goes last so a half-done purge never leaves rows without their guard.
         keys.sort_by_key(|k| k == SENTINEL_ROW_KEY);
         for chunk in keys.chunks(100) {

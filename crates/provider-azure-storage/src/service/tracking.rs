@@ -15,8 +15,7 @@ use super::Inner;
 use crate::keys::{SENTINEL_ROW_KEY, escape_partition_key, history_row_key};
 use crate::large::{CUSTOM_STATUS_COLUMN, LargePayloads, fnv1a64};
 use crate::storage::{
-    BatchOp, EdmValue, StorageError, StorageErrorKind, StorageResult, TableContinuation,
-    TableEntity, WriteMode,
+    BatchOp, EdmValue, StorageError, StorageErrorKind, StorageResult, TableEntity, WriteMode,
 };
 use durabletask_core::{
     EventKind, HistoryEvent, OrchestrationInstance, OrchestrationState, OrchestrationStatus,
@@ -222,24 +221,13 @@ pub(crate) struct LoadedHistory {
 pub(crate) async fn read_history(inner: &Inner, instance_id: &str) -> StorageResult<LoadedHistory> {
     let pk = escape_partition_key(instance_id);
     let filter = format!("PartitionKey eq '{}'", pk.replace('\'', "''"));
-    let mut rows = Vec::new();
-    let mut continuation: Option<TableContinuation> = None;
-    loop {
-        let page = inner
-            .tables
-            .query(&inner.names.history_table, Some(&filter), None, None, continuation)
-            .await;
-        let page = match page {
-            Ok(p) => p,
-            Err(e) if e.kind() == StorageErrorKind::NotFound => break,
-            Err(e) => return Err(e),
-        };
-        rows.extend(page.entities);
-        continuation = page.continuation;
-        if continuation.is_none() {
-            break;
-        }
-    }
+    let mut rows = crate::storage::query_all(
+        inner.tables.as_ref(),
+        &inner.names.history_table,
+        Some(&filter),
+        None,
+    )
+    .await?;
     rows.sort_by(|a, b| a.row_key.cmp(&b.row_key));
     let sentinel = rows.iter().find(|r| r.row_key == SENTINEL_ROW_KEY);
     let sentinel_etag = sentinel.and_then(|s| s.etag.clone());

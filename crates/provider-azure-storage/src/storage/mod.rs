@@ -286,6 +286,34 @@ pub trait TableStore: Send + Sync + fmt::Debug {
 /// The lease duration that never expires (the service's `-1`).
 pub const INFINITE_LEASE: Duration = Duration::MAX;
 
+/// Every entity of a filtered query, following continuation tokens; none when the table does
+/// not exist.
+///
+/// # Errors
+/// The first failing page's error (other than `NotFound`).
+pub async fn query_all(
+    tables: &dyn TableStore,
+    table: &str,
+    filter: Option<&str>,
+    select: Option<&[&str]>,
+) -> StorageResult<Vec<TableEntity>> {
+    let mut rows = Vec::new();
+    let mut continuation: Option<TableContinuation> = None;
+    loop {
+        let page = match tables.query(table, filter, select, None, continuation).await {
+            Ok(p) => p,
+            Err(e) if e.kind() == StorageErrorKind::NotFound => break,
+            Err(e) => return Err(e),
+        };
+        rows.extend(page.entities);
+        continuation = page.continuation;
+        if continuation.is_none() {
+            break;
+        }
+    }
+    Ok(rows)
+}
+
 /// Blob operations (Azure Blob Storage semantics), including leases.
 #[async_trait]
 pub trait BlobStore: Send + Sync + fmt::Debug {
