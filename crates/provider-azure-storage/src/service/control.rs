@@ -1251,8 +1251,12 @@ async fn build(
     if keep.is_empty() {
         return Ok(None);
     }
+    // A row that was not there is not known to stay absent: a sub-orchestration's parent inserts
+    // the child's Pending row (with its large input in a row-owned blob) just after it sends the
+    // start, so the child's first checkpoint may overwrite a row it never saw. `None` makes that
+    // checkpoint work out the row-owned blobs the replaced row can have held.
     if row_read {
-        history.row_blobs = Some(row.as_ref().map(|r| r.blobs.clone()).unwrap_or_default());
+        history.row_blobs = row.as_ref().map(|r| r.blobs.clone());
     }
     Ok(Some(Prepared {
         instance_id: instance_id.to_owned(),
