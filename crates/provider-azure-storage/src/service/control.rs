@@ -1167,8 +1167,18 @@ async fn build(
     }
 
     // Executability.
-    let started_in_batch =
-        keep.iter().any(|m| matches!(m.message.event.kind, EventKind::ExecutionStarted(_)));
+    // Only a start of another execution (a new instance or a recreation) bypasses the checks
+    // below. A redelivered start of the current execution (its first checkpoint died before
+    // deleting it) must not: batched with the response of a terminal history whose Instances row
+    // was never written, it used to send the batch to the dispatcher, which discarded it, and the
+    // row stayed Running forever instead of being repaired from history.
+    let started_in_batch = keep.iter().any(|m| match &m.message.event.kind {
+        EventKind::ExecutionStarted(s) => {
+            current_exec.is_none()
+                || s.orchestration_instance.execution_id.as_deref() != current_exec.as_deref()
+        }
+        _ => false,
+    });
     if !keep.is_empty() && !started_in_batch {
         if current_exec.is_none() {
             if !row_read {
