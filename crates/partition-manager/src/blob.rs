@@ -153,6 +153,10 @@ impl PartitionManager for BlobPartitionManager {
         self.inner.core.is_owned(control_queue)
     }
 
+    fn is_held(&self, control_queue: &str) -> bool {
+        self.inner.core.is_held(control_queue)
+    }
+
     fn owned_partitions(&self) -> Vec<Partition> {
         self.inner.core.owned_partitions()
     }
@@ -270,7 +274,7 @@ impl Inner {
             let sent = self.core.clock.monotonic();
             match timed(op, self.store.renew(&Self::name(&self.owner, &q), &held.lease_id)).await {
                 Ok(()) => {
-                    self.core.renewed(&q, sent);
+                    self.core.renewed(&q, sent).await;
                 }
                 Err(StoreError::LeaseLost(e)) => {
                     self.owner.remove(&q);

@@ -63,6 +63,10 @@ pub enum RecordedKind {
     DrainCompleted,
     /// `on_lost`.
     Lost,
+    /// `on_fenced`: not active (no dequeues or checkpoints) until `Resumed` or `Lost`.
+    Fenced,
+    /// `on_resumed`: active again; like `Acquired`, a violation while another worker is active.
+    Resumed,
     /// The worker was killed (the harness stopped it without callbacks).
     Killed,
 }
@@ -120,10 +124,10 @@ impl Recorder {
         });
         let entry = s.active.entry(partition.into()).or_default();
         match kind {
-            RecordedKind::Acquired => {
+            RecordedKind::Acquired | RecordedKind::Resumed => {
                 let others: Vec<String> =
                     entry.keys().filter(|w| w.as_str() != worker).cloned().collect();
-                if entry.insert(worker.into(), false).is_some() {
+                if entry.insert(worker.into(), false).is_some() && kind == RecordedKind::Acquired {
                     let v = format!("{at:?}: {worker} acquired {partition} twice");
                     s.violations.push(v);
                 }
@@ -142,7 +146,7 @@ impl Recorder {
                     *d = true;
                 }
             }
-            RecordedKind::DrainCompleted | RecordedKind::Lost => {
+            RecordedKind::DrainCompleted | RecordedKind::Lost | RecordedKind::Fenced => {
                 entry.remove(worker);
                 if entry.len() <= 1 {
                     if let Some(since) = s.overlap_since.remove(partition) {
@@ -237,6 +241,12 @@ impl PartitionListener for RecordingListener {
     }
     async fn on_lost(&self, p: &Partition) {
         self.recorder.record(&self.worker, &p.control_queue, RecordedKind::Lost);
+    }
+    async fn on_fenced(&self, p: &Partition) {
+        self.recorder.record(&self.worker, &p.control_queue, RecordedKind::Fenced);
+    }
+    async fn on_resumed(&self, p: &Partition) {
+        self.recorder.record(&self.worker, &p.control_queue, RecordedKind::Resumed);
     }
 }
 
@@ -565,7 +575,8 @@ pub async fn killed_worker_is_taken_over_after_expiry(cfg: &ConformanceConfig) -
 
 /// A worker whose storage hangs past its lease self-fences (stops listening before anybody else
 /// may start), the others take over, and once it recovers it does not resume listening to what it
-/// lost: it only gets partitions back through the normal hand-over (owner drains first).
+/// lost (storage names another owner: its fenced partitions are lost): it only gets partitions
+/// back through the normal hand-over (owner drains first).
 pub async fn stalled_worker_does_not_take_partitions_back(cfg: &ConformanceConfig) {
     let mut c = Cluster::new(cfg).await;
     let healthy = c.add_worker().await;
@@ -599,7 +610,9 @@ pub async fn stalled_worker_does_not_take_partitions_back(cfg: &ConformanceConfi
     let after = &events[healed_at..];
     if cfg.exclusive() {
         for (i, e) in after.iter().enumerate() {
-            if e.worker == stalled && e.kind == RecordedKind::Acquired {
+            if e.worker == stalled
+                && matches!(e.kind, RecordedKind::Acquired | RecordedKind::Resumed)
+            {
                 let handed_over = after[..i].iter().any(|h| {
                     h.worker == healthy
                         && h.partition == e.partition
@@ -614,6 +627,58 @@ pub async fn stalled_worker_does_not_take_partitions_back(cfg: &ConformanceConfi
             }
         }
     }
+    c.shutdown().await;
+}
+
+/// A lone worker whose storage hangs past its lease is fenced on time (not owned, not listening),
+/// keeps its partitions while nobody else can have them, and resumes them as soon as storage
+/// answers: no `on_lost`, no new `on_acquired`. Hung again for longer than
+/// `max_fenced_duration`, it gives them up with `on_lost`.
+pub async fn fenced_worker_resumes_when_storage_answers(cfg: &ConformanceConfig) {
+    let mut c = Cluster::new(cfg).await;
+    let w = c.add_worker().await;
+    c.wait_balanced("one worker owns everything").await;
+    let queues = cfg.settings.control_queues();
+    let mark = c.recorder.events().len();
+    c.set_hung(&w, true);
+    let fenced = c
+        .wait_for("the hung worker is fenced", cfg.settings.lease_interval * 2, |c| {
+            let owned = queues.iter().filter(|q| c.manager(&w).is_owned(q)).count();
+            let listening = c.recorder.listening();
+            (owned > 0 || !listening.is_empty())
+                .then(|| format!("{owned} partitions still owned; listening {listening:?}"))
+        })
+        .await;
+    assert!(fenced <= cfg.settings.lease_interval, "fencing took {fenced:?}");
+    assert!(c.manager(&w).owned_partitions().is_empty(), "a fenced partition is not owned");
+    assert!(queues.iter().all(|q| c.manager(&w).is_held(q)), "a fence keeps the partitions held");
+    c.set_hung(&w, false);
+    c.wait_balanced("resumed after the store answered").await;
+    let after: Vec<RecordedEvent> = c.recorder.events()[mark..].to_vec();
+    let count = |kind: RecordedKind| after.iter().filter(|e| e.kind == kind).count();
+    assert_eq!(count(RecordedKind::Fenced), queues.len(), "{}", c.describe());
+    assert_eq!(count(RecordedKind::Resumed), queues.len(), "{}", c.describe());
+    assert_eq!(
+        count(RecordedKind::Lost),
+        0,
+        "a fence that ends well loses nothing\n{}",
+        c.describe()
+    );
+    assert_eq!(count(RecordedKind::Acquired), 0, "resumed, not re-acquired\n{}", c.describe());
+
+    // Hung for longer than the fence may last: given up.
+    let mark = c.recorder.events().len();
+    c.set_hung(&w, true);
+    let limit = cfg.settings.lease_interval + cfg.settings.max_fenced_duration;
+    c.wait_for("the fence runs out", limit * 2, |c| {
+        let held = queues.iter().filter(|q| c.manager(&w).is_held(q)).count();
+        (held > 0).then(|| format!("{held} partitions still held"))
+    })
+    .await;
+    let lost = c.recorder.events()[mark..].iter().filter(|e| e.kind == RecordedKind::Lost).count();
+    assert_eq!(lost, queues.len(), "{}", c.describe());
+    c.set_hung(&w, false);
+    c.wait_balanced("re-acquired once the store answers").await;
     c.shutdown().await;
 }
 

@@ -1,5 +1,13 @@
 //! State shared by all three managers: which partitions this worker listens to, their
-//! self-fencing deadlines, drains, listener calls and tracing.
+//! self-fencing deadlines, fences, drains, listener calls and tracing.
+//!
+//! A partition whose local deadline passes without a successful renewal is *fenced*, not lost:
+//! [`Core::is_owned`] turns false at once (no dequeues, no checkpoints, so no split brain) and the
+//! listener hears `on_fenced`, but its buffered work is kept. Storage decides what comes next: a
+//! renewal that proves the lease is still ours resumes it (`on_resumed`), a row or lease naming
+//! another owner loses it (`on_lost`), and so does a fence longer than `max_fenced_duration`. A
+//! slow store (Azurite's garbage-collection freezes, a throttled account) then costs time, not
+//! the whole visibility timeout of every message the worker held.
 
 use crate::clock::Clock;
 use crate::settings::{ManagerKind, PartitionManagerSettings};
@@ -32,6 +40,8 @@ struct Owned {
     generation: u64,
     deadline: Instant,
     drain: Drain,
+    /// Set while fenced: when the local deadline passed without a renewal.
+    fenced_since: Option<Instant>,
 }
 
 pub(crate) struct Core {
@@ -138,8 +148,19 @@ impl Core {
         lock(&self.owned).keys().cloned().collect()
     }
 
+    /// Partitions held and not fenced (listening or draining), as [`Core::is_owned`] sees them.
     pub(crate) fn owned_partitions(&self) -> Vec<Partition> {
-        lock(&self.owned).values().map(|o| o.partition.clone()).collect()
+        let now = self.clock.monotonic();
+        lock(&self.owned)
+            .values()
+            .filter(|o| o.deadline > now && o.fenced_since.is_none())
+            .map(|o| o.partition.clone())
+            .collect()
+    }
+
+    /// Held locally, fenced or not: the provider keeps this partition's buffered work.
+    pub(crate) fn is_held(&self, queue: &str) -> bool {
+        lock(&self.owned).contains_key(queue)
     }
 
     pub(crate) fn owned_count(&self) -> usize {
@@ -150,7 +171,7 @@ impl Core {
     /// work may still checkpoint).
     pub(crate) fn is_owned(&self, queue: &str) -> bool {
         let now = self.clock.monotonic();
-        lock(&self.owned).get(queue).is_some_and(|o| o.deadline > now)
+        lock(&self.owned).get(queue).is_some_and(|o| o.deadline > now && o.fenced_since.is_none())
     }
 
     /// A successful acquisition whose request was sent at `sent`: start listening (or extend the
@@ -159,12 +180,12 @@ impl Core {
         let Some(partition) = self.partition(queue).cloned() else { return };
         let _guard = self.callbacks.lock().await;
         let deadline = self.fence_deadline(sent);
+        if self.is_held(queue) {
+            self.extend_locked(queue, deadline).await;
+            return;
+        }
         {
             let mut owned = lock(&self.owned);
-            if let Some(o) = owned.get_mut(queue) {
-                o.deadline = o.deadline.max(deadline);
-                return;
-            }
             if deadline <= self.clock.monotonic() {
                 // The call took longer than the fenced lease: not safe to listen.
                 drop(owned);
@@ -178,7 +199,13 @@ impl Core {
             };
             owned.insert(
                 queue.into(),
-                Owned { partition: partition.clone(), generation, deadline, drain: Drain::No },
+                Owned {
+                    partition: partition.clone(),
+                    generation,
+                    deadline,
+                    drain: Drain::No,
+                    fenced_since: None,
+                },
             );
         }
         self.info(how, queue, "started listening");
@@ -187,16 +214,38 @@ impl Core {
         }
     }
 
-    /// A renewal sent at `sent` succeeded; `false` if the partition is no longer owned locally.
-    pub(crate) fn renewed(&self, queue: &str, sent: Instant) -> bool {
+    /// A renewal sent at `sent` succeeded; `false` if the partition is no longer held locally.
+    /// A fenced partition whose new deadline is still ahead resumes (`on_resumed`).
+    pub(crate) async fn renewed(&self, queue: &str, sent: Instant) -> bool {
         let deadline = self.fence_deadline(sent);
-        match lock(&self.owned).get_mut(queue) {
-            Some(o) => {
-                o.deadline = o.deadline.max(deadline);
-                true
+        let _guard = self.callbacks.lock().await;
+        self.extend_locked(queue, deadline).await
+    }
+
+    /// Pushes `queue`'s deadline to `deadline` and ends its fence if that deadline is ahead.
+    /// The caller holds `callbacks`.
+    async fn extend_locked(&self, queue: &str, deadline: Instant) -> bool {
+        let resumed = {
+            let mut owned = lock(&self.owned);
+            let Some(o) = owned.get_mut(queue) else { return false };
+            o.deadline = o.deadline.max(deadline);
+            let resumed = o.fenced_since.is_some() && o.deadline > self.clock.monotonic();
+            if resumed {
+                o.fenced_since = None;
             }
-            None => false,
+            resumed.then(|| o.partition.clone())
+        };
+        if let Some(partition) = resumed {
+            self.info(
+                "PartitionManagerInfo",
+                queue,
+                "renewed after a fence: the lease is still ours, listening again",
+            );
+            if let Some(l) = self.listener() {
+                l.on_resumed(&partition).await;
+            }
         }
+        true
     }
 
     /// Stop listening at once (`on_lost`); no-op if not owned.
@@ -278,22 +327,62 @@ impl Core {
         }
     }
 
-    /// Calls `on_lost` for every partition whose local deadline has passed; returns the earliest
-    /// remaining deadline.
+    /// Fences every partition whose local deadline has passed (`on_fenced`) and loses every
+    /// partition fenced for longer than `max_fenced_duration` (`on_lost`); returns when the next
+    /// of those can happen.
     pub(crate) async fn fence(&self) -> Option<Instant> {
         let now = self.clock.monotonic();
-        let expired: Vec<String> = lock(&self.owned)
+        let max = self.settings.max_fenced_duration;
+        let due: Vec<String> = lock(&self.owned)
             .iter()
-            .filter(|(_, o)| o.deadline <= now)
+            .filter(|(_, o)| match o.fenced_since {
+                None => o.deadline <= now,
+                Some(since) => since + max <= now,
+            })
             .map(|(q, _)| q.clone())
             .collect();
-        for q in expired {
-            let still_expired = lock(&self.owned).get(&q).is_some_and(|o| o.deadline <= now);
-            if still_expired {
-                self.lose(&q, "not renewed before its local deadline (self-fenced)").await;
+        for q in due {
+            let _guard = self.callbacks.lock().await;
+            let action = {
+                let mut owned = lock(&self.owned);
+                match owned.get_mut(&q) {
+                    Some(o) if o.fenced_since.is_none() && o.deadline <= now => {
+                        o.fenced_since = Some(now);
+                        Some((true, o.partition.clone()))
+                    }
+                    Some(o) if o.fenced_since.is_some_and(|since| since + max <= now) => {
+                        Some((false, o.partition.clone()))
+                    }
+                    _ => None,
+                }
+            };
+            match action {
+                Some((true, partition)) => {
+                    self.warn(
+                        "PartitionManagerWarning",
+                        &q,
+                        "not renewed before its local deadline: fenced (no dequeues or \
+                         checkpoints) until storage proves the lease is still ours",
+                    );
+                    if let Some(l) = self.listener() {
+                        l.on_fenced(&partition).await;
+                    }
+                }
+                Some((false, _)) => {
+                    drop(_guard);
+                    self.lose(&q, &format!("fenced for {max:?} without a renewal (self-fenced)"))
+                        .await;
+                }
+                None => {}
             }
         }
-        lock(&self.owned).values().map(|o| o.deadline).min()
+        lock(&self.owned)
+            .values()
+            .map(|o| match o.fenced_since {
+                None => o.deadline,
+                Some(since) => since + max,
+            })
+            .min()
     }
 
     /// Runs [`Core::fence`] whenever a deadline may have passed, until the task is aborted.

@@ -16,9 +16,13 @@
 //!
 //! A worker listens to a partition only while it holds it and is not draining it. On top of the
 //! storage protocol every owned partition carries a local, monotonic deadline (renewal *sent* +
-//! lease interval − fence margin): when it passes without a successful renewal the manager calls
-//! [`PartitionListener::on_lost`] even if storage is unreachable, and
-//! [`PartitionManager::is_owned`] turns false, so the provider can fence dequeues and checkpoints.
+//! lease interval − fence margin): when it passes without a successful renewal the partition is
+//! *fenced* even if storage is unreachable: [`PartitionManager::is_owned`] turns false, so the
+//! provider stops dequeues and checkpoints, and [`PartitionListener::on_fenced`] is called. A
+//! timed-out renewal is unknown, not lost: the provider keeps the partition's buffered work, and
+//! a later renewal that proves the lease is still ours resumes it
+//! ([`PartitionListener::on_resumed`]). Storage naming another owner, or a fence longer than
+//! [`PartitionManagerSettings::max_fenced_duration`], ends in [`PartitionListener::on_lost`].
 //!
 //! ```no_run
 //! use durabletask_partition_manager::{
@@ -86,9 +90,10 @@ pub struct Partition {
 /// partition and never concurrently for the same partition, except that `on_lost` may interrupt
 /// a running `drain`.
 ///
-/// Lifecycle: `on_acquired` → (`drain` resolves | `on_lost`). After `drain` resolves the
-/// partition is no longer the provider's (the manager then releases it in storage); if the drain
-/// exceeds [`PartitionManagerSettings::drain_timeout`] the manager calls `on_lost` and releases.
+/// Lifecycle: `on_acquired` → (`on_fenced` → `on_resumed`)* → (`drain` resolves | `on_lost`).
+/// After `drain` resolves the partition is no longer the provider's (the manager then releases it
+/// in storage); if the drain exceeds [`PartitionManagerSettings::drain_timeout`] the manager calls
+/// `on_lost` and releases. A fenced partition may also end in `on_lost` directly.
 #[async_trait]
 pub trait PartitionListener: Send + Sync + fmt::Debug {
     /// Start listening to the control queue. Should return quickly.
@@ -99,6 +104,12 @@ pub trait PartitionListener: Send + Sync + fmt::Debug {
     /// The partition was lost (stolen, expired, self-fenced): stop immediately and abandon
     /// prefetched and in-flight work; its checkpoints will fail their ETag conditions anyway.
     async fn on_lost(&self, partition: &Partition);
+    /// The lease could not be renewed before its local deadline (storage slow or unreachable):
+    /// `is_owned` is false until [`PartitionListener::on_resumed`]; stop dequeuing and
+    /// checkpointing, but keep buffered work. Default: nothing (callers check `is_owned`).
+    async fn on_fenced(&self, _partition: &Partition) {}
+    /// A renewal proved a fenced lease is still ours: `is_owned` is true again.
+    async fn on_resumed(&self, _partition: &Partition) {}
 }
 
 /// Errors of the partition managers.
@@ -150,7 +161,10 @@ pub trait PartitionManager: Send + Sync + fmt::Debug {
     /// deadline (true while draining, so in-flight work can checkpoint). Check before every
     /// dequeue and checkpoint.
     fn is_owned(&self, control_queue: &str) -> bool;
-    /// The partitions held now (listening or draining).
+    /// Whether this worker still holds `control_queue` locally, fenced or not: its buffered work
+    /// is kept (true from `on_acquired` until `on_lost` or the release after a drain).
+    fn is_held(&self, control_queue: &str) -> bool;
+    /// The partitions held now and not fenced (listening or draining).
     fn owned_partitions(&self) -> Vec<Partition>;
 }
 

@@ -50,6 +50,11 @@ pub struct PartitionManagerSettings {
     /// Self-fencing safety margin: an owned partition counts as lost locally at
     /// `renewal sent + lease_interval - fence_margin` unless renewed (default 5 s).
     pub fence_margin: Duration,
+    /// How long a fenced partition (local deadline passed, storage not answering) is kept before
+    /// it is given up with `on_lost` (default 5 min, the control queues' visibility timeout: by
+    /// then every message held for it is visible to others anyway). A renewal that proves the
+    /// lease is still ours ends the fence earlier; storage naming another owner ends it at once.
+    pub max_fenced_duration: Duration,
 }
 
 impl PartitionManagerSettings {
@@ -65,6 +70,7 @@ impl PartitionManagerSettings {
             operation_timeout: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(60),
             fence_margin: Duration::from_secs(5),
+            max_fenced_duration: Duration::from_secs(5 * 60),
         }
     }
 
@@ -89,6 +95,7 @@ impl PartitionManagerSettings {
             ("lease_acquire_interval", self.lease_acquire_interval),
             ("operation_timeout", self.operation_timeout),
             ("drain_timeout", self.drain_timeout),
+            ("max_fenced_duration", self.max_fenced_duration),
         ] {
             if value.is_zero() {
                 return bad(setting, "must be greater than zero".into());

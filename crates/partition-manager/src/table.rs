@@ -76,6 +76,10 @@ impl PartitionManager for TablePartitionManager {
         self.inner.core.is_owned(control_queue)
     }
 
+    fn is_held(&self, control_queue: &str) -> bool {
+        self.inner.core.is_held(control_queue)
+    }
+
     fn owned_partitions(&self) -> Vec<Partition> {
         self.inner.core.owned_partitions()
     }
@@ -254,7 +258,7 @@ impl Inner {
             }
             Some(Drain::No) if hand_over => {
                 let sent = self.write(&self.renewed_row(row, true)).await?;
-                self.core.renewed(q, sent);
+                self.core.renewed(q, sent).await;
                 let reason = match &row.next_owner {
                     Some(next) if !stopping => format!("{next} is stealing it"),
                     _ => "shutting down".to_owned(),
@@ -265,12 +269,12 @@ impl Inner {
             }
             Some(Drain::No) => {
                 let sent = self.write(&self.renewed_row(row, false)).await?;
-                self.core.renewed(q, sent);
+                self.core.renewed(q, sent).await;
                 Ok(true)
             }
             Some(Drain::Running) => {
                 let sent = self.write(&self.renewed_row(row, true)).await?;
-                self.core.renewed(q, sent);
+                self.core.renewed(q, sent).await;
                 *busy = true;
                 Ok(false)
             }

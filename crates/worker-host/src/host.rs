@@ -329,7 +329,13 @@ impl TaskHubWorker {
                 q.since_last_receive.is_some_and(|d| d > limit)
                     || q.paused_for.is_some_and(|d| d > limit)
             });
-            if let Some(q) = silent {
+            if let Some(q) = stats.control_queues.iter().find(|q| q.fenced) {
+                health.ready = false;
+                health.error = Some(format!(
+                    "control queue {} is fenced: its lease could not be renewed in time (storage slow or unreachable)",
+                    q.control_queue
+                ));
+            } else if let Some(q) = silent {
                 health.ready = false;
                 health.error = Some(format!(
                     "control queue {} has not been received from for longer than the lease interval ({limit:?})",

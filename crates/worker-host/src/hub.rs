@@ -91,6 +91,9 @@ pub struct PollerStatus {
     pub ms_since_last_receive: Option<u64>,
     /// Milliseconds it has been paused at the buffer threshold, while it is.
     pub ms_paused: Option<u64>,
+    /// Fenced: the partition's lease renewal is overdue, so it neither receives nor checkpoints
+    /// until a renewal proves it is still ours.
+    pub fenced: bool,
 }
 
 fn millis(d: std::time::Duration) -> u64 {
@@ -111,6 +114,7 @@ impl From<durabletask_azure_storage::ProviderStats> for ProcessingStatus {
                 .map(|q| PollerStatus {
                     ms_since_last_receive: q.since_last_receive.map(millis),
                     ms_paused: q.paused_for.map(millis),
+                    fenced: q.fenced,
                     control_queue: q.control_queue,
                 })
                 .collect(),

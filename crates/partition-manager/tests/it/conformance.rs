@@ -53,6 +53,11 @@ macro_rules! variant {
             }
 
             #[tokio::test(start_paused = true)]
+            async fn fenced_worker_resumes_when_storage_answers() {
+                suite::fenced_worker_resumes_when_storage_answers(&config($kind, 4)).await;
+            }
+
+            #[tokio::test(start_paused = true)]
             async fn graceful_stop_hands_over_without_expiry_wait() {
                 suite::graceful_stop_hands_over_without_expiry_wait(&config($kind, 4)).await;
             }

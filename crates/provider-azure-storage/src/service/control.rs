@@ -249,6 +249,9 @@ pub struct ControlQueueStats {
     pub since_last_receive: Option<Duration>,
     /// How long the poller has been paused at the buffer threshold, while it is.
     pub paused_for: Option<Duration>,
+    /// The partition is fenced: its lease could not be renewed in time, so the poller neither
+    /// receives nor checkpoints until a renewal proves it is still ours (buffered work is kept).
+    pub fenced: bool,
 }
 
 struct Poller {
@@ -313,6 +316,7 @@ impl ControlState {
                         paused_for: a
                             .and_then(|a| a.paused_since)
                             .map(|t| now.saturating_duration_since(t)),
+                        fenced: false,
                         control_queue: q,
                     }
                 })
@@ -356,17 +360,24 @@ impl ControlState {
         }
     }
 
-    /// Takes the next prepared work item whose partition is still owned.
+    /// Takes the next prepared work item whose partition is owned; also returns the items of
+    /// partitions no longer held (to release). Items of fenced partitions stay queued.
     pub(crate) fn pop_prepared(&self, inner: &Inner) -> (Option<Prepared>, Vec<Prepared>) {
         let mut b = self.lock();
         let mut dropped = Vec::new();
+        let mut found = None;
+        let mut kept = VecDeque::with_capacity(b.prepared.len());
         while let Some(p) = b.prepared.pop_front() {
-            if inner.partitions.is_owned(&p.queue) {
-                return (Some(p), dropped);
+            if found.is_none() && inner.partitions.is_owned(&p.queue) {
+                found = Some(p);
+            } else if inner.partitions.is_held(&p.queue) {
+                kept.push_back(p);
+            } else {
+                dropped.push(p);
             }
-            dropped.push(p);
         }
-        (None, dropped)
+        b.prepared = kept;
+        (found, dropped)
     }
 
     pub(crate) async fn wait_ready(&self, deadline: tokio::time::Instant) -> bool {
@@ -668,6 +679,17 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
             continue;
         }
         limit_logged = false;
+        if !inner.partitions.is_owned(&queue) {
+            // Fenced: receiving now could take messages from whoever owns the partition if the
+            // lease is not ours any more. Wait for the renewal (`on_resumed` wakes us) or the loss
+            // (`cancel`); what is buffered stays buffered.
+            drop(inner);
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                () = waker.notified() => {}
+            }
+            continue;
+        }
         let received = inner
             .queues
             .get_messages(
@@ -751,7 +773,9 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
             // Checked under the buffer lock: `stop_poller` sets `cancel` before the listener
             // drops the queue's buffered state under the same lock, so a batch is either
             // buffered before that drop (and released by it) or released here.
-            if cancel.load(Ordering::Acquire) || !inner.partitions.is_owned(&queue) {
+            // A partition fenced during the receive is still held: its messages are buffered
+            // like any others and wait for the renewal.
+            if cancel.load(Ordering::Acquire) || !inner.partitions.is_held(&queue) {
                 drop(b);
                 // Lost the partition while receiving: make the messages visible to the new owner.
                 release_messages(&inner, decoded);
@@ -798,35 +822,12 @@ pub(crate) fn release_messages(inner: &Arc<Inner>, messages: Vec<Buffered>) {
     });
 }
 
-/// Makes one message visible at once. A transient failure is retried a few times (a message
-/// that stays invisible costs its instance the whole visibility timeout); a message that is gone
-/// (deleted, or received again by someone else) needs nothing.
+/// Makes one message visible at once (see [`update_visibility`]).
 async fn release_one(inner: &Inner, m: &Buffered) {
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1..=4 {
-        match inner
-            .queues
-            .update_message(&m.queue, &m.id, &m.pop_receipt, &m.text, Duration::ZERO)
-            .await
-        {
-            Ok(_) => return,
-            Err(e) if e.is_message_gone() => return,
-            Err(e) if attempt == 4 || !e.is_retryable() => {
-                tracing::warn!(
-                    queue = %m.queue, message_id = %m.id, error = %e,
-                    "MessageFailure: releasing a message failed; it reappears after its visibility timeout"
-                );
-                return;
-            }
-            Err(_) => {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
-    }
+    update_visibility(inner, m, Duration::ZERO).await;
 }
 
-/// Abandons messages with a visibility delay (out-of-order, deferred starts).
+/// Abandons messages with a visibility delay (out-of-order, deferred starts, failed work items).
 pub(crate) async fn defer_messages(inner: &Inner, messages: &[Buffered], delay: Duration) {
     for m in messages {
         tracing::warn!(
@@ -834,23 +835,47 @@ pub(crate) async fn defer_messages(inner: &Inner, messages: &[Buffered], delay: 
             dequeue_count = m.dequeue_count, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             event_type = %m.message.event.event_type(), "AbandoningMessage"
         );
-        update_visibility(inner, m, delay).await;
     }
+    futures::future::join_all(messages.iter().map(|m| update_visibility(inner, m, delay))).await;
 }
 
 /// Changes a message's visibility without changing its content (the text is re-sent as is: the
-/// update API requires it).
+/// update API requires it). Transient failures are retried with a growing pause for as long as
+/// the change still matters, that is until the message would become visible by itself (a message
+/// left invisible costs its instance the rest of the visibility timeout: minutes, during a
+/// storage freeze). A message that is gone (deleted, or received again by someone else) needs
+/// nothing. Returns the new pop receipt.
 pub(crate) async fn update_visibility(
     inner: &Inner,
     m: &Buffered,
     delay: Duration,
 ) -> Option<String> {
-    match inner.queues.update_message(&m.queue, &m.id, &m.pop_receipt, &m.text, delay).await {
-        Ok(receipt) => Some(receipt),
-        Err(e) => {
-            tracing::warn!(message_id = %m.id, error = %e, "MessageGone");
-            None
+    let mut pause = Duration::from_millis(200);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let err = match inner
+            .queues
+            .update_message(&m.queue, &m.id, &m.pop_receipt, &m.text, delay)
+            .await
+        {
+            Ok(receipt) => return Some(receipt),
+            Err(e) => e,
+        };
+        if err.is_message_gone() {
+            tracing::warn!(queue = %m.queue, message_id = %m.id, "MessageGone: already deleted or redelivered");
+            return None;
         }
+        let visible_anyway = inner.clock.now() + pause >= m.next_visible;
+        if !err.is_retryable() || visible_anyway {
+            tracing::warn!(
+                queue = %m.queue, message_id = %m.id, attempts, error = %err,
+                "MessageFailure: changing a message's visibility failed; it reappears after its visibility timeout"
+            );
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -931,7 +956,7 @@ async fn prefetch(inner: &Arc<Inner>, instance_id: String, queue: String, batch:
     let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
     match build(inner, &instance_id, &queue, batch).await {
         Ok(Some(prepared)) => {
-            if inner.partitions.is_owned(&queue) && !inner.control.stopped.load(Ordering::Acquire) {
+            if inner.partitions.is_held(&queue) && !inner.control.stopped.load(Ordering::Acquire) {
                 let mut b = inner.control.lock();
                 // The batch's discarded and deferred messages leave memory now; only the kept
                 // ones stay held until the work item ends.
@@ -1469,6 +1494,20 @@ impl PartitionListener for Listener {
             // Prepared items may have been queued by prefetches that were in flight.
             Self::drop_queue_state(&inner, queue);
         }
+    }
+
+    async fn on_fenced(&self, partition: &Partition) {
+        tracing::warn!(
+            queue = %partition.control_queue,
+            "PartitionManagerWarning: control queue fenced (lease renewal overdue); no receives or checkpoints until it is renewed, buffered work kept"
+        );
+    }
+
+    async fn on_resumed(&self, partition: &Partition) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        tracing::info!(queue = %partition.control_queue, "PartitionManagerInfo: control queue resumed after a fence");
+        inner.control.wake(partition.index);
+        inner.control.ready.notify_waiters();
     }
 
     async fn on_lost(&self, partition: &Partition) {

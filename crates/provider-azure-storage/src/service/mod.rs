@@ -259,7 +259,12 @@ impl AzureStorageOrchestrationService {
     /// receive and pause. Cheap (no storage calls); for health endpoints and audits.
     pub fn stats(&self) -> ProviderStats {
         let active = self.inner.activities.active.load(std::sync::atomic::Ordering::Relaxed);
-        self.inner.control.stats(active)
+        let mut stats = self.inner.control.stats(active);
+        for q in &mut stats.control_queues {
+            q.fenced = self.inner.partitions.is_held(&q.control_queue)
+                && !self.inner.partitions.is_owned(&q.control_queue);
+        }
+        stats
     }
 
     /// Queue lengths and partition ownership of the task hub.

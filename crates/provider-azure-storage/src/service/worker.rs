@@ -39,19 +39,28 @@ pub(crate) struct SessionToken {
 
 impl SessionToken {
     /// `LeaseLost` unless this work item is still held: not yet released, and its partition
-    /// still owned by this worker.
-    fn check_held(&self, inner: &Inner, op: &'static str) -> Result<(), ProviderError> {
-        if self.finished.load(Ordering::Acquire) {
-            return Err(perr(
-                ProviderErrorKind::LeaseLost,
-                op,
-                "the work item was already released",
-            ));
+    /// still owned by this worker. While the partition is fenced (a renewal is overdue, storage
+    /// slow) this waits: the renewal resumes it, or the loss answers `LeaseLost`. A slow store
+    /// then delays the checkpoint instead of failing it and re-running the episode.
+    async fn check_held(&self, inner: &Inner, op: &'static str) -> Result<(), ProviderError> {
+        loop {
+            if self.finished.load(Ordering::Acquire) {
+                return Err(perr(
+                    ProviderErrorKind::LeaseLost,
+                    op,
+                    "the work item was already released",
+                ));
+            }
+            if inner.partitions.is_owned(&self.queue) {
+                return Ok(());
+            }
+            if !inner.partitions.is_held(&self.queue)
+                || inner.control.stopped.load(Ordering::Acquire)
+            {
+                return Err(control::lease_lost(op, &self.queue));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if !inner.partitions.is_owned(&self.queue) {
-            return Err(control::lease_lost(op, &self.queue));
-        }
-        Ok(())
     }
 
     fn messages(&self) -> std::sync::MutexGuard<'_, Vec<Buffered>> {
@@ -450,7 +459,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         const OP: &str = "renew_orchestration_work_item_lock";
         let inner = &self.inner;
         let t = token(&work_item.token, OP)?;
-        t.check_held(inner, OP)?;
+        t.check_held(inner, OP).await?;
         let vis = inner.settings.control_queue_visibility_timeout;
         let messages = t.messages().clone();
         let mut renewed = Vec::with_capacity(messages.len());
@@ -471,7 +480,8 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                     }
                 })?;
             tracing::debug!(instance_id = %work_item.instance_id, message_id = %m.id, "RenewingMessage");
-            renewed.push(Buffered { pop_receipt: receipt, ..m });
+            let next_visible = inner.clock.now() + vis;
+            renewed.push(Buffered { pop_receipt: receipt, next_visible, ..m });
         }
         *t.messages() = renewed;
         Ok(inner.clock.now() + vis)
@@ -486,7 +496,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         let inner = &self.inner;
         let t = token(&work_item.token, OP)?;
         let id = work_item.instance_id.as_str();
-        t.check_held(inner, OP)?;
+        t.check_held(inner, OP).await?;
         let refs: Vec<control::MessageRef> =
             t.messages().iter().map(control::MessageRef::of).collect();
         let cp = match result {
@@ -575,8 +585,8 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         let exec = cp.runtime_state.execution_id().unwrap_or_default().to_owned();
         let new_events = cp.runtime_state.new_events();
         let new_execution = past == 0;
-        let sentinel = if !inner.partitions.is_owned(&t.queue) {
-            return Err(control::lease_lost(OP, &t.queue));
+        let sentinel = if let Err(e) = t.check_held(inner, OP).await {
+            return Err(e);
         } else {
             tracking::write_history(
                 inner,

@@ -316,3 +316,137 @@ async fn a_poller_stopped_during_a_receive_releases_what_it_received() {
     assert!(back.dequeue_count >= 2, "received once by the stopped poller, once here");
     svc.delete().await.expect("delete hub");
 }
+
+/// A table store whose `…Partitions` calls hang while `frozen` is set: the partition manager
+/// cannot renew (an emulator freeze or a throttled account as the lease loop sees it), while the
+/// rest of storage answers.
+#[derive(Debug)]
+struct FrozenLeases {
+    inner: Arc<AzureStorage>,
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+impl FrozenLeases {
+    async fn pass(&self, table: &str) {
+        if table.ends_with("Partitions") {
+            let mut rx = self.frozen.subscribe();
+            let _ = rx.wait_for(|frozen| !frozen).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl durabletask_azure_storage::storage::TableStore for FrozenLeases {
+    async fn create_table_if_not_exists(&self, t: &str) -> SResult<()> {
+        self.inner.create_table_if_not_exists(t).await
+    }
+    async fn delete_table_if_exists(&self, t: &str) -> SResult<()> {
+        self.inner.delete_table_if_exists(t).await
+    }
+    async fn get_entity(
+        &self,
+        t: &str,
+        pk: &str,
+        rk: &str,
+    ) -> SResult<Option<durabletask_azure_storage::storage::TableEntity>> {
+        self.pass(t).await;
+        self.inner.get_entity(t, pk, rk).await
+    }
+    async fn query(
+        &self,
+        t: &str,
+        f: Option<&str>,
+        s: Option<&[&str]>,
+        top: Option<u32>,
+        c: Option<durabletask_azure_storage::storage::TableContinuation>,
+    ) -> SResult<durabletask_azure_storage::storage::EntityPage> {
+        self.pass(t).await;
+        self.inner.query(t, f, s, top, c).await
+    }
+    async fn write(
+        &self,
+        t: &str,
+        op: durabletask_azure_storage::storage::BatchOp,
+    ) -> SResult<Option<String>> {
+        self.pass(t).await;
+        self.inner.write(t, op).await
+    }
+    async fn batch(
+        &self,
+        t: &str,
+        ops: Vec<durabletask_azure_storage::storage::BatchOp>,
+    ) -> SResult<Vec<Option<String>>> {
+        self.pass(t).await;
+        self.inner.batch(t, ops).await
+    }
+}
+
+/// Issue 17 §2 / the multi-process flake: when lease renewals time out, the partition is fenced
+/// (no receives, no checkpoints) but not given up while storage still names us as owner. Its
+/// prepared work item stays in memory with its message invisible, and once the lease table
+/// answers again the same delivery is processed (dequeue count 1). Before, self-fencing called
+/// `on_lost`, which released every buffered message (or, with storage still slow, failed to and
+/// left them invisible for the 5-minute visibility timeout) and re-acquired from scratch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_partition_keeps_its_work_and_resumes_when_the_lease_table_answers() {
+    let Some(acct) = account("fenced_resume") else { return };
+    let mut settings = test_settings("fenced", 1);
+    settings.lease_interval = Duration::from_secs(6);
+    settings.lease_renew_interval = Duration::from_secs(2);
+    settings.lease_acquire_interval = Duration::from_secs(1);
+    settings.partition_table_operation_timeout = Duration::from_secs(1);
+    let az = Arc::new(AzureStorage::new(&acct, Duration::from_secs(20)));
+    let names = durabletask_azure_storage::ResourceNames::new(&settings.task_hub_name, 1);
+    let tables =
+        Arc::new(FrozenLeases { inner: az.clone(), frozen: tokio::sync::watch::channel(false).0 });
+    let stack = durabletask_azure_storage::StorageStack {
+        queues: az.clone(),
+        tables: tables.clone(),
+        blobs: az.clone(),
+        counters: az.counters(),
+        large_messages_container_url: acct.blob_container_url(&names.large_messages_container),
+    };
+    let svc = AzureStorageOrchestrationService::with_storage(settings, stack).expect("provider");
+    svc.create_if_not_exists().await.expect("create hub");
+    let client = TaskHubClient::new(Arc::new(svc.clone()));
+    client
+        .schedule_new_orchestration("Collect", &1u32, StartOptions::with_instance_id("fenced-1"))
+        .await
+        .expect("start");
+    svc.start().await.expect("start provider");
+    crate::support::wait_for(Duration::from_secs(30), || async {
+        (svc.stats().prepared_work_items == 1).then_some(())
+    })
+    .await;
+
+    tables.frozen.send_replace(true);
+    crate::support::wait_for(Duration::from_secs(30), || async {
+        svc.stats().control_queues.first().is_some_and(|q| q.fenced).then_some(())
+    })
+    .await;
+    assert!(svc.partition_manager().owned_partitions().is_empty(), "fenced is not owned");
+    assert!(
+        svc.lock_next_orchestration_work_item(Duration::from_secs(1))
+            .await
+            .expect("lock")
+            .is_none(),
+        "no work item is handed out while fenced"
+    );
+    let s = svc.stats();
+    assert_eq!((s.held_messages, s.prepared_work_items), (1, 1), "the fence keeps the work: {s:?}");
+
+    tables.frozen.send_replace(false);
+    let wi = svc
+        .lock_next_orchestration_work_item(Duration::from_secs(30))
+        .await
+        .expect("lock")
+        .expect("the work item is handed out once the lease is renewed");
+    assert_eq!(wi.instance_id, "fenced-1");
+    assert_eq!(wi.dequeue_count, 1, "the same delivery: nothing was released and received again");
+    assert!(!svc.stats().control_queues.iter().any(|q| q.fenced));
+    assert_eq!(svc.partition_manager().owned_partitions().len(), 1);
+    svc.abandon_orchestration_work_item(&wi, Duration::ZERO).await.expect("abandon");
+    svc.release_orchestration_work_item(&wi).await.expect("release");
+    svc.stop(false).await.expect("stop");
+    svc.delete().await.expect("delete hub");
+}

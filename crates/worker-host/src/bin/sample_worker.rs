@@ -41,6 +41,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let worker_id = worker_id.clone();
         tokio::spawn(async move {
             let mut last = None;
+            let mut ticks: u64 = 0;
             loop {
                 let mut owned: Vec<String> = svc
                     .partition_manager()
@@ -49,6 +50,36 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     .map(|p| p.control_queue)
                     .collect();
                 owned.sort();
+                ticks += 1;
+                if ticks % 20 == 0 {
+                    // Every ~5 s: a one-line view of the provider, for a test that times out.
+                    let st = svc.stats();
+                    let pollers: Vec<String> = st
+                        .control_queues
+                        .iter()
+                        .map(|q| {
+                            format!(
+                                "{}:{:?}/{:?}{}",
+                                q.control_queue,
+                                q.since_last_receive.map(|d| d.as_millis()),
+                                q.paused_for.map(|d| d.as_millis()),
+                                if q.fenced { "/fenced" } else { "" }
+                            )
+                        })
+                        .collect();
+                    println!(
+                        "STATS {worker_id} held={} buffered={} in_flight={} busy={} prepared={} \
+                         activities={} pollers=[{}]",
+                        st.held_messages,
+                        st.buffered_messages,
+                        st.in_flight_messages,
+                        st.busy_instances,
+                        st.prepared_work_items,
+                        st.active_activities,
+                        pollers.join(" ")
+                    );
+                    let _ = std::io::stdout().flush();
+                }
                 if last.as_ref() != Some(&owned) {
                     println!("OWNED {worker_id} {}", owned.join(","));
                     let _ = std::io::stdout().flush();

@@ -12,7 +12,8 @@ use std::time::Duration;
 use durabletask_azure_storage::TaskHubName;
 use durabletask_azure_storage::keys::partition_index;
 use durabletask_core::{
-    OrchestrationQuery, OrchestrationService, OrchestrationStatus, StartOptions, TaskHubClient,
+    ClientError, OrchestrationQuery, OrchestrationService, OrchestrationStatus, ProviderErrorKind,
+    StartOptions, TaskHubClient,
 };
 use durabletask_testkit::azurite::{AzuriteEnv, unique_hub_name};
 use durabletask_testkit::wait::wait_until;
@@ -45,6 +46,8 @@ struct Seen {
     owned_now: BTreeMap<String, BTreeSet<String>>,
     owned_ever: BTreeMap<String, BTreeSet<String>>,
     stopped: BTreeSet<String>,
+    /// The latest `STATS` line of each worker (printed when the test times out).
+    stats: BTreeMap<String, String>,
 }
 
 fn spawn_worker(cs: &str, hub: &str, worker_id: &str, seen: &Arc<Mutex<Seen>>) -> Child {
@@ -62,7 +65,7 @@ fn spawn_worker(cs: &str, hub: &str, worker_id: &str, seen: &Arc<Mutex<Seen>>) -
         .env("DTF_LEASE_RENEW_INTERVAL_SECS", "2")
         .env("DTF_LEASE_ACQUIRE_INTERVAL_SECS", "1")
         .env("DTF_MAX_QUEUE_POLLING_INTERVAL_MS", "500")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", std::env::var("MP_RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -88,6 +91,9 @@ fn spawn_worker(cs: &str, hub: &str, worker_id: &str, seen: &Arc<Mutex<Seen>>) -
                         .collect();
                     s.owned_ever.entry(w.to_owned()).or_default().extend(owned.iter().cloned());
                     s.owned_now.insert(w.to_owned(), owned);
+                }
+                (Some("STATS"), Some(w)) => {
+                    s.stats.insert(w.to_owned(), line.clone());
                 }
                 (Some("STOPPED"), Some(w)) => {
                     s.stopped.insert(w.to_owned());
@@ -139,38 +145,34 @@ async fn three_worker_processes_share_a_task_hub() {
         .map(|i| {
             let client = client.clone();
             async move {
-                let opts = StartOptions::with_instance_id(format!("mp-{i:03}"));
-                client
-                    .schedule_new_orchestration(samples::HELLO_WORKER, &format!("n{i}"), opts)
-                    .await
-                    .expect("start")
+                // As a real caller would: retry a start whose outcome is unknown (a storage call
+                // timed out on a loaded machine); if it did commit, the retry finds it.
+                let mut retried = false;
+                for _ in 0..5 {
+                    let opts = StartOptions::with_instance_id(format!("mp-{i:03}"));
+                    match client
+                        .schedule_new_orchestration(samples::HELLO_WORKER, &format!("n{i}"), opts)
+                        .await
+                    {
+                        Ok(_) => return,
+                        Err(ClientError::AlreadyExists { .. }) if retried => return,
+                        Err(ClientError::Provider(e))
+                            if e.kind() == ProviderErrorKind::Transient =>
+                        {
+                            eprintln!("multi_process: start mp-{i:03} is retried: {e}");
+                            retried = true;
+                        }
+                        Err(e) => panic!("start mp-{i:03}: {e}"),
+                    }
+                }
+                panic!("start mp-{i:03}: still transient after 5 attempts");
             }
         })
         .buffer_unordered(50)
         .collect::<Vec<_>>()
         .await;
 
-    let completed = wait_until(Duration::from_secs(120), "300 completed orchestrations", || {
-        let client = client.clone();
-        async move {
-            let mut query = OrchestrationQuery {
-                instance_id_prefix: Some("mp-".into()),
-                runtime_status: vec![OrchestrationStatus::Completed],
-                ..OrchestrationQuery::default()
-            };
-            let mut states = Vec::new();
-            loop {
-                let page = client.query(&query).await.ok()?;
-                states.extend(page.states);
-                match page.continuation_token {
-                    Some(t) => query.continuation_token = Some(t),
-                    None => break,
-                }
-            }
-            (states.len() == INSTANCES).then_some(states)
-        }
-    })
-    .await;
+    let completed = wait_for_all(&client, &seen).await;
 
     let mut partitions = BTreeSet::new();
     let mut activity_workers = BTreeMap::<String, usize>::new();
@@ -208,4 +210,73 @@ async fn three_worker_processes_share_a_task_hub() {
     })
     .await;
     svc.delete().await.unwrap();
+}
+
+/// Every `mp-` instance, once all of them are Completed. On timeout, panics with what is not
+/// completed (status, partition) and each worker's latest provider stats, so a stuck instance
+/// can be told from a slow machine.
+async fn wait_for_all(
+    client: &TaskHubClient,
+    seen: &Arc<Mutex<Seen>>,
+) -> Vec<durabletask_core::OrchestrationState> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let mut last_progress = (0usize, tokio::time::Instant::now());
+    loop {
+        let mut query = OrchestrationQuery {
+            instance_id_prefix: Some("mp-".into()),
+            ..OrchestrationQuery::default()
+        };
+        let mut states = Vec::new();
+        let mut complete_pages = true;
+        loop {
+            match client.query(&query).await {
+                Ok(page) => {
+                    states.extend(page.states);
+                    match page.continuation_token {
+                        Some(t) => query.continuation_token = Some(t),
+                        None => break,
+                    }
+                }
+                Err(_) => {
+                    complete_pages = false;
+                    break;
+                }
+            }
+        }
+        let done = states
+            .iter()
+            .filter(|s| s.orchestration_status == OrchestrationStatus::Completed)
+            .count();
+        if complete_pages && done == INSTANCES {
+            return states;
+        }
+        let now = tokio::time::Instant::now();
+        if done > last_progress.0 {
+            last_progress = (done, now);
+        }
+        if now >= deadline {
+            let pending: Vec<String> = states
+                .iter()
+                .filter(|s| s.orchestration_status != OrchestrationStatus::Completed)
+                .map(|s| {
+                    format!(
+                        "{} {:?} p{}",
+                        s.instance_id(),
+                        s.orchestration_status,
+                        partition_index(s.instance_id(), PARTITIONS)
+                    )
+                })
+                .collect();
+            let s = seen.lock().unwrap();
+            panic!(
+                "timed out: {done}/{INSTANCES} completed ({} rows seen), no progress for {:?}; \
+                 not completed: {pending:?}; owned now {:?}; worker stats {:#?}",
+                states.len(),
+                now - last_progress.1,
+                s.owned_now,
+                s.stats
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
