@@ -66,6 +66,19 @@ fn registry() -> Registry {
             |_ctx: OrchestrationContext, pad: String| async move { Ok(pad.len()) },
         )
         .orchestration("Quick", |_ctx: OrchestrationContext, (): ()| async move { Ok(1) })
+        .orchestration(
+            "Gen",
+            |ctx: OrchestrationContext, (generation, pad): (u32, String)| async move {
+                // Generation 0: one activity, then generation 1, which runs two episodes more.
+                let _: usize = ctx.call_activity("Len", &generation.to_string()).await?;
+                if generation == 0 {
+                    ctx.continue_as_new(&(1u32, pad));
+                    return Ok(String::new());
+                }
+                let _: usize = ctx.call_activity("Len", &"x").await?;
+                Ok(format!("{generation}:{}", pad.len()))
+            },
+        )
         .build()
 }
 
@@ -102,6 +115,34 @@ impl Hub {
         };
         hub.start_worker().await;
         hub
+    }
+
+    /// A hub whose provider crashes where `hook` says (short control-queue visibility, so the
+    /// messages of a crashed work item come back within seconds). The worker is not started.
+    async fn with_crash_hook(acct: &StorageAccount, test: &str, hook: CrashOnce) -> Self {
+        let mut settings = test_settings(test, 2);
+        settings.control_queue_visibility_timeout = Duration::from_secs(3);
+        let stack = StorageStack::azure(acct, &settings);
+        let svc = AzureStorageOrchestrationService::with_test_hooks(
+            settings.clone(),
+            stack.clone(),
+            Arc::new(durabletask_core::SystemClock),
+            Some(Arc::new(hook)),
+        )
+        .expect("provider");
+        let names = svc.resource_names().clone();
+        svc.create_if_not_exists().await.expect("create hub");
+        Self {
+            client: TaskHubClient::new(Arc::new(svc.clone()))
+                .with_max_poll_interval(Duration::from_millis(200)),
+            svc,
+            worker: None,
+            stack,
+            names,
+            storage: AzureStorage::new(&acct, Duration::from_secs(20)),
+            account: acct.clone(),
+            settings,
+        }
     }
 
     async fn start_worker(&mut self) {
@@ -391,16 +432,17 @@ async fn purge_removes_every_blob_and_sub_orchestration_inputs_are_stored_once()
     hub.stop().await;
 }
 
-/// Crashes once at `AfterInstances` in the `n`-th checkpoint of each listed instance.
+/// Crashes once at `point` in the `n`-th checkpoint of each listed instance that reaches it.
 #[derive(Debug)]
 struct CrashOnce {
+    point: durabletask_azure_storage::CrashPoint,
     at: Vec<(String, usize)>,
     seen: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl durabletask_azure_storage::CrashHook for CrashOnce {
     fn crash_at(&self, point: durabletask_azure_storage::CrashPoint, instance_id: &str) -> bool {
-        if point != durabletask_azure_storage::CrashPoint::AfterInstances {
+        if point != self.point {
             return false;
         }
         let Some((_, n)) = self.at.iter().find(|(id, _)| id == instance_id) else { return false };
@@ -414,35 +456,14 @@ impl durabletask_azure_storage::CrashHook for CrashOnce {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_commit_and_blob_deletes_leaves_nothing_behind() {
     let Some(acct) = account("blobs_crash_after_instances") else { return };
-    let mut settings = test_settings("blobcrash", 2);
-    settings.control_queue_visibility_timeout = Duration::from_secs(3);
-    let stack = StorageStack::azure(&acct, &settings);
     // Checkpoint 2 of "Loop" is its first continue-as-new (the old generation's blobs are to be
     // deleted after it); checkpoint 3 of "Status" replaces custom status 1 with 2.
-    let hook = Arc::new(CrashOnce {
+    let hook = CrashOnce {
+        point: durabletask_azure_storage::CrashPoint::AfterInstances,
         at: vec![("crash-can".into(), 2), ("crash-status".into(), 3)],
         seen: Default::default(),
-    });
-    let svc = AzureStorageOrchestrationService::with_test_hooks(
-        settings.clone(),
-        stack.clone(),
-        Arc::new(durabletask_core::SystemClock),
-        Some(hook),
-    )
-    .expect("provider");
-    let names = svc.resource_names().clone();
-    svc.create_if_not_exists().await.expect("create hub");
-    let mut hub = Hub {
-        client: TaskHubClient::new(Arc::new(svc.clone()))
-            .with_max_poll_interval(Duration::from_millis(200)),
-        svc,
-        worker: None,
-        stack,
-        names,
-        storage: AzureStorage::new(&acct, Duration::from_secs(20)),
-        account: acct.clone(),
-        settings,
     };
+    let mut hub = Hub::with_crash_hook(&acct, "blobcrash", hook).await;
     hub.start_worker().await;
     let out = hub.run("Loop", "crash-can", &(2u32, pad("c"))).await;
     assert_eq!(out, "\"4:70002\"");
@@ -484,5 +505,52 @@ async fn small_payloads_cost_no_blob_operations() {
         assert_eq!(d.get(op), 0, "{op:?}: {:?}", d.non_zero());
     }
     hub.exact("small payloads").await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_execution_whose_row_write_was_lost_gets_its_row_rewritten_whole() {
+    let Some(acct) = account("blobs_lost_row_write") else { return };
+    // Checkpoint 2 of "Gen" starts generation 1 (continue-as-new): it writes History, then dies
+    // before the Instances row. The row still holds generation 0, whose large Input is a History
+    // blob that generation 1's rows no longer reference. The next checkpoint, from storage, must
+    // rewrite the whole row (generation 1's Input, no column of generation 0 left), and only then
+    // may the sweep delete generation 0's blobs: a merge that leaves Input alone leaves the row
+    // pointing at a deleted blob (`get_state` failed with NotFound).
+    let hook = CrashOnce {
+        point: durabletask_azure_storage::CrashPoint::AfterHistory,
+        at: vec![("lost-row".into(), 2)],
+        seen: Default::default(),
+    };
+    let mut hub = Hub::with_crash_hook(&acct, "blobrow", hook).await;
+    hub.start_worker().await;
+    let id = "lost-row";
+    hub.client
+        .schedule_new_orchestration("Gen", &(0u32, pad("r")), StartOptions::with_instance_id(id))
+        .await
+        .expect("start");
+    let done = hub.client.wait_for_completion(id, Duration::from_secs(120)).await;
+    let done = done.expect("wait_for_completion reads the row");
+    assert_eq!(done.orchestration_status, OrchestrationStatus::Completed, "{done:?}");
+    assert_eq!(done.output.as_deref(), Some("\"1:70002\""));
+
+    let state = hub.client.get_state(id).await.expect("the row's blobs exist").expect("row");
+    let input: (u32, String) = serde_json::from_str(state.input.as_deref().unwrap()).unwrap();
+    assert_eq!((input.0, input.1.len()), (1, 70_002), "generation 1's input");
+    // The row's Input is generation 1's ExecutionStarted History blob.
+    let row = hub.instance_row(id).await;
+    let exec = row.get_str("ExecutionId").unwrap().to_owned();
+    let input_blob = hub.row_blob(id, "Input").await.expect("large input is a URL");
+    let expected = LargePayloads::history_blob_name(
+        id,
+        &exec,
+        &durabletask_azure_storage::keys::history_row_key(1),
+        "ExecutionStarted",
+        "Input",
+        state.input.as_deref().unwrap(),
+    );
+    assert_eq!(input_blob, expected);
+    let audit = hub.exact("after the lost row write").await;
+    assert_eq!(audit.blobs_of(id), [input_blob].into(), "only generation 1's input");
     hub.stop().await;
 }
