@@ -18,7 +18,8 @@ use crate::storage::{
     BatchOp, EdmValue, StorageError, StorageErrorKind, StorageResult, TableEntity, WriteMode,
 };
 use durabletask_core::{
-    EventKind, HistoryEvent, OrchestrationInstance, OrchestrationState, OrchestrationStatus,
+    EventKind, EventType, HistoryEvent, OrchestrationInstance, OrchestrationState,
+    OrchestrationStatus,
 };
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -79,6 +80,40 @@ impl HistoryBlob {
     fn holds(&self, value: &str) -> bool {
         self.len == value.len() && self.hash == fnv1a64(value.as_bytes())
     }
+}
+
+/// The History blob that holds the current execution's large `ExecutionStarted` input (the name
+/// [`event_entity`] gave it at `past`'s position of that event), when a live History row still
+/// references it (`live`). A checkpoint that rewrites the Instances row's Input after the one that
+/// started the execution references that blob, as the starting checkpoint did, instead of
+/// uploading a row-owned copy.
+pub(crate) fn started_input_blob(
+    inner: &Inner,
+    instance_id: &str,
+    execution_id: &str,
+    past: &[HistoryEvent],
+    live: &[String],
+) -> Option<HistoryBlob> {
+    let (position, input) = past.iter().enumerate().find_map(|(i, e)| match &e.kind {
+        EventKind::ExecutionStarted(s) => Some((i, s.input.as_deref()?)),
+        _ => None,
+    })?;
+    if !is_large(inner, input) {
+        return None;
+    }
+    let name = LargePayloads::history_blob_name(
+        instance_id,
+        execution_id,
+        &history_row_key(u64::try_from(position).ok()?),
+        EventType::ExecutionStarted.as_str(),
+        "Input",
+        input,
+    );
+    live.contains(&name).then(|| HistoryBlob {
+        name,
+        hash: fnv1a64(input.as_bytes()),
+        len: input.len(),
+    })
 }
 
 /// Converts one history event into its row (uploading oversized properties, recorded in

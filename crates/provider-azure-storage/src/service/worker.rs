@@ -610,7 +610,14 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         }
 
         // 3. The Instances row, guarded by its ETag so a stalled worker cannot overwrite it.
-        let include_input = new_execution || starts_execution(new_events);
+        // The whole row (Input included) when this checkpoint starts an execution, and also when
+        // the history came from storage: this process then did not write the row for the
+        // execution's last checkpoint, and the row may still be another execution's (the
+        // checkpoint that started this one committed History and lost its Instances write; the
+        // next one is not "new"). A merge would keep that execution's Input, a History blob no
+        // live row references any more, which the sweep below deletes (`get_state` then fails),
+        // and its CompletedTime or FailureDetails.
+        let include_input = new_execution || starts_execution(new_events) || t.history_from_storage;
         // Every checkpoint writes the row, as DTF does: `LastUpdatedTime` is what operators and
         // tools query to find instances that stopped making progress ("running but not updated
         // for an hour"), so it must move with every episode even when nothing else changed.
@@ -623,7 +630,18 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         } else {
             &[]
         };
-        let ctx = tracking::RowBlobContext { history: &written.blobs, stored };
+        // A later checkpoint's Input references the execution's ExecutionStarted History blob.
+        let mut history_blobs = written.blobs.clone();
+        if include_input && !new_execution {
+            history_blobs.extend(tracking::started_input_blob(
+                inner,
+                id,
+                &exec,
+                cp.runtime_state.past_events(),
+                &t.history_blobs,
+            ));
+        }
+        let ctx = tracking::RowBlobContext { history: &history_blobs, stored };
         // Also: the row-owned blobs the write replaced (deleted once it committed) and the blobs
         // the row references now.
         let (instance_etag, replaced_blobs, row_blobs_now) = {

@@ -139,7 +139,7 @@ impl Hub {
             worker: None,
             stack,
             names,
-            storage: AzureStorage::new(&acct, Duration::from_secs(20)),
+            storage: AzureStorage::new(acct, Duration::from_secs(20)),
             account: acct.clone(),
             settings,
         }
