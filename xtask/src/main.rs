@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <azurite start|stop|status|env | test [--external] [-- ARGS] | ci | demo | tidy | bench [--memory-only|--azure-only] [--criterion] [-- ARGS] | stress [--light] [--seed=N] [--only=NAME] [--soak[=MINUTES]]>";
+const USAGE: &str = "usage: cargo xtask <azurite start|stop|status|env | test [--external] [-- ARGS] | ci | demo | tidy | bench [--memory-only|--azure-only] [--criterion] [-- ARGS] | stress [--light] [--seed=N] [--only=NAME[,NAME..]] [--soak[=MINUTES]]>";
 
 fn run() -> Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,4 +1,4 @@
-//! `cargo xtask stress [--light] [--seed=N] [--only=NAME] [--soak[=MINUTES]]`: build the chaos
+//! `cargo xtask stress [--light] [--seed=N] [--only=NAME[,NAME..]] [--soak[=MINUTES]]`: build the chaos
 //! harness, start a private Azurite (or reuse the one `cargo xtask azurite start` left running),
 //! run every reliability scenario with the heavy profile (`chaos_stress`, crates/chaos) and print
 //! one summary line per scenario. `--soak[=MINUTES]` (default 30) runs the soak mode instead: one

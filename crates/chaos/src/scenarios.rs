@@ -1185,7 +1185,7 @@ pub async fn run_all(
     mut each: impl FnMut(&ScenarioReport),
 ) -> Result<Vec<ScenarioReport>> {
     let mut out = Vec::new();
-    let wanted = |name: &str| only.is_none_or(|o| name.starts_with(o));
+    let wanted = |name: &str| only.is_none_or(|o| o.split(',').any(|p| name.starts_with(p)));
     let mut push = |r: ScenarioReport| {
         each(&r);
         out.push(r);

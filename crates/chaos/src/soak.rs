@@ -65,8 +65,11 @@ pub struct SoakSample {
     pub in_flight: usize,
     /// Held ids neither buffered nor in flight.
     pub leaked: usize,
-    /// Longest time since a poller's last successful receive (owned partitions).
+    /// Longest time since a poller's last successful receive (owned partitions, not fenced:
+    /// a fenced poller waits for its lease renewal on purpose).
     pub max_receive_age: Duration,
+    /// Pollers whose partition is fenced (a lease renewal overdue while storage stalls).
+    pub fenced: usize,
     /// Pollers paused at the buffer threshold.
     pub paused: usize,
     /// Owned partitions with a poller.
@@ -211,6 +214,7 @@ impl fmt::Display for SoakReport {
                     in_flight: pick(a.in_flight, s.in_flight),
                     leaked: pick(a.leaked, s.leaked),
                     max_receive_age: dpick(a.max_receive_age, s.max_receive_age),
+                    fenced: pick(a.fenced, s.fenced),
                     paused: pick(a.paused, s.paused),
                     pollers: pick(a.pollers, s.pollers),
                     blobs: pick(a.blobs, s.blobs),
@@ -234,11 +238,12 @@ impl fmt::Display for SoakReport {
         let (h0, h1) = self.thirds(|s| s.held as f64);
         let (b0, b1) = self.thirds(|s| s.blobs as f64);
         let age = self.samples.iter().map(|s| s.max_receive_age).max().unwrap_or_default();
+        let fenced = self.samples.iter().filter(|s| s.fenced > 0).count();
         writeln!(
             f,
             "flatness: {} (held first/last-third mean {h0:.1}/{h1:.1}, blobs {b0:.1}/{b1:.1}, \
              bound: last <= first + max({FLAT_SLACK}, 50%); max receive age {:.1}s, must stay \
-             below the lease {}s){}",
+             below the lease {}s; samples with a fenced poller: {fenced}){}",
             if reasons.is_empty() { "FLAT" } else { "NOT FLAT" },
             age.as_secs_f64(),
             self.lease.as_secs(),
@@ -279,9 +284,11 @@ async fn sample(
         max_receive_age: s
             .control_queues
             .iter()
+            .filter(|q| !q.fenced)
             .map(|q| q.since_last_receive.unwrap_or_default())
             .max()
             .unwrap_or_default(),
+        fenced: s.control_queues.iter().filter(|q| q.fenced).count(),
         paused: s.control_queues.iter().filter(|q| q.paused_for.is_some()).count(),
         pollers: s.control_queues.len(),
         blobs,

@@ -43,7 +43,8 @@ async fn main() -> ExitCode {
         return soak(&env, minutes, seed).await;
     }
     println!("chaos_stress: profile={} seed={seed}", profile.name);
-    // `--only=NAME` runs the scenarios whose name starts with NAME (e.g. `--only=storage-faults`).
+    // `--only=NAME[,NAME..]` runs the scenarios whose name starts with one of the NAMEs (e.g.
+    // `--only=storage-faults` or `--only=crash,kill-workers`).
     let only = args.iter().find_map(|a| a.strip_prefix("--only="));
     let result = scenarios::run_all(&env, &bin, &profile, seed, only, |r| {
         println!("{r}");

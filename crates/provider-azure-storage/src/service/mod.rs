@@ -176,6 +176,9 @@ impl AzureStorageOrchestrationService {
         pm.lease_renew_interval = settings.lease_renew_interval;
         pm.lease_acquire_interval = settings.lease_acquire_interval;
         pm.operation_timeout = settings.partition_table_operation_timeout;
+        // A fence lasts at most as long as the messages held for the partition stay invisible:
+        // after that they are visible to whoever owns it anyway.
+        pm.max_fenced_duration = settings.control_queue_visibility_timeout;
         if pm.fence_margin >= settings.lease_interval / 2 {
             pm.fence_margin = settings.lease_interval / 4;
         }
