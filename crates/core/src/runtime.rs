@@ -70,12 +70,29 @@ pub enum ProcessError {
     InvalidHistory(#[from] InvalidHistoryError),
 }
 
+/// Whether `start` is a sub-orchestration start from the same parent execution and task as the
+/// execution `state` holds (a resend after the parent's checkpoint failed, not a new request).
+fn resent_by_the_same_parent_task(
+    state: &OrchestrationRuntimeState,
+    start: &crate::history::ExecutionStartedEvent,
+) -> bool {
+    let (Some(new), Some(old)) = (
+        start.parent_instance.as_ref(),
+        state.execution_started().and_then(|s| s.parent_instance.as_ref()),
+    ) else {
+        return false;
+    };
+    new.orchestration_instance == old.orchestration_instance
+        && new.task_schedule_id == old.task_schedule_id
+}
+
 /// Processes an orchestration work item: `state` is the history the provider loaded, `messages`
 /// the batch, `now` the episode time and `new_id` a source of fresh execution ids.
 ///
 /// Reconciliation follows DTF 2.2.3: the first `ExecutionStarted` is processed first; a duplicate
 /// start (same execution id) is dropped; a start with a different execution id replaces a
-/// terminal execution (recreation) or, for top-level starts, any execution; other messages whose
+/// terminal execution (recreation; not when it is a sub-orchestration start that the same parent
+/// execution and task sent again) or, for top-level starts, any execution; other messages whose
 /// non-empty execution id differs from the current execution are dropped.
 ///
 /// # Errors
@@ -98,11 +115,15 @@ pub fn process_work_item(
     }
 
     // 2. Recreation: a start for a different execution replaces a finished (or, top-level, any)
-    //    execution; the provider persists the new execution from row 0.
+    //    execution; the provider persists the new execution from row 0. Not a sub-orchestration
+    //    start sent again by the same parent task: a parent whose checkpoint failed after sending
+    //    re-runs its episode and sends the start once more with a new execution id; the child it
+    //    already ran to completion answered that task, so running it again would repeat its work.
     if let Some(EventKind::ExecutionStarted(s)) = messages.first().map(|m| &m.event.kind)
         && let Some(current) = state.execution_id()
         && s.orchestration_instance.execution_id.as_deref() != Some(current)
         && (state.is_completed() || s.parent_instance.is_none())
+        && !resent_by_the_same_parent_task(&state, s)
     {
         state = OrchestrationRuntimeState::new();
     }

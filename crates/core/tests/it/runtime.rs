@@ -283,6 +283,55 @@ fn recreation_replaces_a_terminal_execution() {
     assert_eq!(cp.state.orchestration_status, OrchestrationStatus::Running);
 }
 
+fn child_start(exec: &str, parent_exec: &str, task: i32) -> TaskMessage {
+    let mut m = start_msg("Hello", "\"W\"", exec);
+    if let EventKind::ExecutionStarted(s) = &mut m.event.kind {
+        s.parent_instance = Some(ParentInstance {
+            name: Some("Parent".into()),
+            version: None,
+            orchestration_instance: OrchestrationInstance::with_execution("parent", parent_exec),
+            task_schedule_id: task,
+        });
+    }
+    m
+}
+
+#[test]
+fn a_sub_orchestration_start_resent_by_the_same_parent_task_does_not_rerun_the_child() {
+    // The child ran exec1 to completion for parent execution p1, task 0. The parent's checkpoint
+    // had failed after sending, it re-ran the episode and sent the start again (new execution id).
+    let first = child_start("exec1", "p1", 0);
+    let EventKind::ExecutionStarted(started) = first.event.kind.clone() else { unreachable!() };
+    let done = H::new()
+        .os()
+        .push(-1, EventKind::ExecutionStarted(started))
+        .push(
+            1,
+            EventKind::ExecutionCompleted {
+                orchestration_status: OrchestrationStatus::Completed,
+                result: Some("\"Hello W!\"".into()),
+                failure_details: None,
+            },
+        )
+        .oc()
+        .build();
+    let state = || OrchestrationRuntimeState::from_history(done.clone()).unwrap();
+    let resent = run(state(), vec![child_start("exec2", "p1", 0)], &RuntimeOptions::default());
+    assert!(
+        matches!(resent, WorkItemResult::Discard { .. }),
+        "a resent start of the same parent task is a duplicate, not a recreation: {resent:?}"
+    );
+    // Another parent execution (a continue-as-new generation) or another task of the same parent
+    // calling the same child id is a new request: the completed child is recreated.
+    for other in [child_start("exec3", "p2", 0), child_start("exec4", "p1", 3)] {
+        let WorkItemResult::Checkpoint(cp) = run(state(), vec![other], &RuntimeOptions::default())
+        else {
+            panic!("a new request recreates the child")
+        };
+        assert!(cp.runtime_state.past_events().is_empty());
+    }
+}
+
 #[test]
 fn events_to_invalid_instance_ids_are_recorded_but_not_sent() {
     let r = run(
