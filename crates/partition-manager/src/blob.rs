@@ -228,14 +228,14 @@ impl Inner {
                     // Ownership follows intent, and is only taken when free or expired.
                     let wanted: Vec<String> =
                         self.intent.queues().into_iter().filter(|q| !self.owner.holds(q)).collect();
-                    if !wanted.is_empty() {
-                        if let Err(e) = self.take(&self.owner, false, &wanted).await {
-                            self.core.warn(
-                                "PartitionManagerWarning",
-                                "",
-                                &format!("taking ownership failed: {e}"),
-                            );
-                        }
+                    if !wanted.is_empty()
+                        && let Err(e) = self.take(&self.owner, false, &wanted).await
+                    {
+                        self.core.warn(
+                            "PartitionManagerWarning",
+                            "",
+                            &format!("taking ownership failed: {e}"),
+                        );
                     }
                 }
             }
@@ -425,23 +425,22 @@ impl Inner {
                 .iter()
                 .filter(|(w, _)| **w != me)
                 .max_by_key(|(w, c)| (**c, std::cmp::Reverse((*w).clone())));
-            if let Some((victim, &count)) = victim {
-                if count > target - usize::from(needed > 1) {
-                    let pick = alive.iter().find(|(_, b)| b.owner.as_deref() == Some(victim));
-                    if let Some((q, body)) = pick {
-                        if let Some(token) = body.token.as_deref() {
-                            let id = new_lease_id();
-                            let sent = self.core.clock.monotonic();
-                            self.core.info("AttemptingToStealLease", q, &format!("from {victim}"));
-                            let name = Self::name(set, q);
-                            match timed(op, self.store.change(&name, token, &id)).await {
-                                Ok(()) => {
-                                    self.publish(set, q, body, id, sent, "LeaseStealingSucceeded")
-                                        .await?;
-                                }
-                                Err(e) => self.core.info("LeaseStealingFailed", q, &e.to_string()),
-                            }
+            if let Some((victim, &count)) = victim
+                && count > target - usize::from(needed > 1)
+            {
+                let pick = alive.iter().find(|(_, b)| b.owner.as_deref() == Some(victim));
+                if let Some((q, body)) = pick
+                    && let Some(token) = body.token.as_deref()
+                {
+                    let id = new_lease_id();
+                    let sent = self.core.clock.monotonic();
+                    self.core.info("AttemptingToStealLease", q, &format!("from {victim}"));
+                    let name = Self::name(set, q);
+                    match timed(op, self.store.change(&name, token, &id)).await {
+                        Ok(()) => {
+                            self.publish(set, q, body, id, sent, "LeaseStealingSucceeded").await?;
                         }
+                        Err(e) => self.core.info("LeaseStealingFailed", q, &e.to_string()),
                     }
                 }
             }

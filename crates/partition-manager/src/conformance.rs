@@ -148,10 +148,10 @@ impl Recorder {
             }
             RecordedKind::DrainCompleted | RecordedKind::Lost | RecordedKind::Fenced => {
                 entry.remove(worker);
-                if entry.len() <= 1 {
-                    if let Some(since) = s.overlap_since.remove(partition) {
-                        s.max_overlap = s.max_overlap.max(now - since);
-                    }
+                if entry.len() <= 1
+                    && let Some(since) = s.overlap_since.remove(partition)
+                {
+                    s.max_overlap = s.max_overlap.max(now - since);
                 }
             }
             RecordedKind::Killed => {}

@@ -198,10 +198,10 @@ impl LeaseBlobStore for InMemoryLeaseBlobs {
 
     async fn acquire(&self, name: &str, duration: Duration, lease_id: &str) -> StoreResult<()> {
         self.with_blob(name, |blob, now| {
-            if let Some(l) = blob.active_lease(now) {
-                if l.id != lease_id {
-                    return Err(lost(name, "lease already present"));
-                }
+            if let Some(l) = blob.active_lease(now)
+                && l.id != lease_id
+            {
+                return Err(lost(name, "lease already present"));
             }
             blob.lease = Some(Lease { id: lease_id.into(), duration, expires: now + duration });
             Ok(())

@@ -905,14 +905,14 @@ impl BlobStore for InMemoryStorage {
         let now = self.now();
         let mut s = self.lock();
         let blob = blob_mut(&mut s, container, name, OP)?;
-        if let LeaseState::Leased(held) = blob.lease_state(now) {
-            if !held.eq_ignore_ascii_case(proposed_lease_id) {
-                return Err(lease_conflict(
-                    OP,
-                    "LeaseAlreadyPresent",
-                    "there is already a lease present",
-                ));
-            }
+        if let LeaseState::Leased(held) = blob.lease_state(now)
+            && !held.eq_ignore_ascii_case(proposed_lease_id)
+        {
+            return Err(lease_conflict(
+                OP,
+                "LeaseAlreadyPresent",
+                "there is already a lease present",
+            ));
         }
         let duration = secs.map(|s| Duration::from_secs(u64::from(s)));
         blob.lease = Some(Lease {

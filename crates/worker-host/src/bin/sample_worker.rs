@@ -51,7 +51,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     .collect();
                 owned.sort();
                 ticks += 1;
-                if ticks % 20 == 0 {
+                if ticks.is_multiple_of(20) {
                     // Every ~5 s: a one-line view of the provider, for a test that times out.
                     let st = svc.stats();
                     let pollers: Vec<String> = st
