@@ -104,17 +104,25 @@ impl AzureStorage {
         operation: &'static str,
         fut: impl std::future::Future<Output = azure_core::Result<T>>,
     ) -> StorageResult<T> {
+        self.call_within(self.timeout, op, operation, fut).await
+    }
+
+    /// [`Self::call`] under `timeout` instead of the call timeout.
+    async fn call_within<T>(
+        &self,
+        timeout: Duration,
+        op: StorageOp,
+        operation: &'static str,
+        fut: impl std::future::Future<Output = azure_core::Result<T>>,
+    ) -> StorageResult<T> {
         self.counters.record(op);
-        match tokio::time::timeout(self.timeout, fut).await {
+        match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(classify(operation, &e)),
             Err(_) => Err(StorageError::new(
                 StorageErrorKind::Transient,
                 operation,
-                format!(
-                    "no answer within {:?} (the call may still have taken effect)",
-                    self.timeout
-                ),
+                format!("no answer within {timeout:?} (the call may still have taken effect)"),
             )),
         }
     }
@@ -254,7 +262,12 @@ impl QueueStore for AzureStorage {
             .number_of_messages(NumberOfMessages::new(max))
             .visibility_timeout(VisibilityTimeout::new(whole_seconds_up(visibility)))
             .into_future();
-        let resp = self.call(StorageOp::QueueGet, "get messages", fut).await?;
+        // A receive that is given up on may still take its messages once the service answers
+        // (an emulator freeze, a congested link): they would stay invisible, and unknown to
+        // everyone, for the whole visibility timeout. So a receive waits as long as what it takes
+        // stays hidden; giving up later loses nothing that would not reappear at once.
+        let timeout = self.timeout.max(visibility);
+        let resp = self.call_within(timeout, StorageOp::QueueGet, "get messages", fut).await?;
         Ok(resp
             .messages
             .into_iter()

@@ -57,3 +57,32 @@ async fn a_call_without_an_answer_fails_as_transient_after_the_timeout() {
     assert_eq!((counts.get(StorageOp::QueuePut), counts.get(StorageOp::TableQuery)), (1, 1));
     hold.abort();
 }
+
+#[tokio::test]
+async fn a_receive_is_not_given_up_before_the_visibility_it_asked_for() {
+    // A receive the client gives up on may still take its messages when the service answers
+    // late (the CI flake: an Azurite freeze longer than the call timeout left the messages of an
+    // abandoned receive invisible for 5 minutes, known to nobody). So a receive waits as long as
+    // what it takes stays hidden. A listener that never answers stands for the frozen service.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let account = StorageAccount::emulator("127.0.0.1", port, port, port);
+    let s = AzureStorage::new(&account, Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let e = s.get_messages("q", 1, Duration::from_secs(2)).await.unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(e.kind(), StorageErrorKind::Transient, "{e}");
+    assert!(waited >= Duration::from_secs(2), "gave up after {waited:?}, before the visibility");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    // Other calls keep the call timeout.
+    let started = std::time::Instant::now();
+    s.delete_message("q", "id", "receipt").await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    hold.abort();
+}
