@@ -420,7 +420,9 @@ pub async fn blob_references(
 /// the liveness invariants issue 12 asks for (the held-set leak that once stopped a worker for
 /// good would have failed all three):
 /// * a poller of an owned partition had no successful receive (empty or not) for longer than the
-///   lease interval, or stayed paused at the buffer threshold that long;
+///   lease interval, or stayed paused at the buffer threshold that long (a fenced poller, whose
+///   lease renewal is overdue while storage stalls, waits on purpose: it fails only when the
+///   fence lasts longer than [`FENCE_LEASES`] lease intervals);
 /// * `leaked_messages()` (held ids that are neither buffered nor in flight) stayed above 0 in
 ///   [`LEAK_SAMPLES`] consecutive samples (one sample can catch a prefetch handing over).
 #[derive(Debug)]
@@ -439,11 +441,16 @@ struct MonitorShared {
     findings: Mutex<StatsFindings>,
 }
 
+/// How many lease intervals a poller may stay fenced before the monitor calls it stuck.
+pub const FENCE_LEASES: u32 = 4;
+
 #[derive(Debug)]
 struct Watched {
     svc: AzureStorageOrchestrationService,
     leak_streak: u32,
     first_seen: BTreeMap<String, Instant>,
+    /// Per fenced queue: when the fence was first and last seen.
+    fenced: BTreeMap<String, (Instant, Instant)>,
 }
 
 /// What a [`StatsMonitor`] saw.
@@ -490,8 +497,10 @@ impl StatsMonitor {
 
     /// Watches `svc` under `name` (replacing a worker of that name).
     pub fn watch(&self, name: &str, svc: AzureStorageOrchestrationService) {
-        lock(&self.shared.nodes)
-            .insert(name.to_owned(), Watched { svc, leak_streak: 0, first_seen: BTreeMap::new() });
+        lock(&self.shared.nodes).insert(
+            name.to_owned(),
+            Watched { svc, leak_streak: 0, first_seen: BTreeMap::new(), fenced: BTreeMap::new() },
+        );
     }
 
     /// Stops watching `name` (before it stops or is killed).
@@ -547,6 +556,29 @@ impl MonitorShared {
             }
             for q in &s.control_queues {
                 let first = *w.first_seen.entry(q.control_queue.clone()).or_insert(now);
+                if q.fenced {
+                    let seen = w.fenced.entry(q.control_queue.clone()).or_insert((now, now));
+                    seen.1 = now;
+                    let since = seen.0;
+                    if now - since > self.lease * FENCE_LEASES {
+                        f.violations.insert(
+                            format!("{name}: fenced {}", q.control_queue),
+                            format!(
+                                "{name}: the poller of {} has been fenced for {:.1}s",
+                                q.control_queue,
+                                (now - since).as_secs_f64()
+                            ),
+                        );
+                    }
+                    continue;
+                }
+                // Just resumed: the first receive after the fence may not have happened yet.
+                if let Some(&(_, last)) = w.fenced.get(&q.control_queue) {
+                    if now - last < self.lease {
+                        continue;
+                    }
+                    w.fenced.remove(&q.control_queue);
+                }
                 let age = q.since_last_receive.unwrap_or_else(|| now - first);
                 f.max_receive_age = f.max_receive_age.max(age);
                 if age > self.lease {
