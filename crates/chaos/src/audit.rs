@@ -420,7 +420,7 @@ pub async fn blob_references(
 /// the liveness invariants issue 12 asks for (the held-set leak that once stopped a worker for
 /// good would have failed all three):
 /// * a poller of an owned partition had no successful receive (empty or not) for longer than the
-///   lease interval, or stayed paused at the buffer threshold that long (a fenced poller, whose
+///   lease interval while no receive was waiting for the store, or stayed paused at the buffer threshold that long (a fenced poller, whose
 ///   lease renewal is overdue while storage stalls, waits on purpose: it fails only when the
 ///   fence lasts longer than [`FENCE_LEASES`] lease intervals);
 /// * `leaked_messages()` (held ids that are neither buffered nor in flight) stayed above 0 in
@@ -578,6 +578,11 @@ impl MonitorShared {
                         continue;
                     }
                     w.fenced.remove(&q.control_queue);
+                }
+                // A receive the store has not answered yet: the poller keeps asking (storage is
+                // slow, e.g. an Azurite freeze), which is not the stop-for-good this catches.
+                if q.receiving_for.is_some() {
+                    continue;
                 }
                 let age = q.since_last_receive.unwrap_or_else(|| now - first);
                 f.max_receive_age = f.max_receive_age.max(age);

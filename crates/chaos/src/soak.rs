@@ -65,7 +65,8 @@ pub struct SoakSample {
     pub in_flight: usize,
     /// Held ids neither buffered nor in flight.
     pub leaked: usize,
-    /// Longest time since a poller's last successful receive (owned partitions, not fenced:
+    /// Longest time since a poller's last successful receive (owned partitions, neither fenced
+    /// nor waiting for the store to answer a receive:
     /// a fenced poller waits for its lease renewal on purpose).
     pub max_receive_age: Duration,
     /// Pollers whose partition is fenced (a lease renewal overdue while storage stalls).
@@ -284,7 +285,7 @@ async fn sample(
         max_receive_age: s
             .control_queues
             .iter()
-            .filter(|q| !q.fenced)
+            .filter(|q| !q.fenced && q.receiving_for.is_none())
             .map(|q| q.since_last_receive.unwrap_or_default())
             .max()
             .unwrap_or_default(),

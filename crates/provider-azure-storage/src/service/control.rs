@@ -206,6 +206,8 @@ impl Buffers {
 struct PollerActivity {
     last_receive: Option<Instant>,
     paused_since: Option<Instant>,
+    /// When the receive call in progress started (the store has not answered it yet).
+    receiving_since: Option<Instant>,
 }
 
 /// In-memory state of a provider's control-queue side, for health endpoints and the chaos
@@ -252,6 +254,9 @@ pub struct ControlQueueStats {
     /// The partition is fenced: its lease could not be renewed in time, so the poller neither
     /// receives nor checkpoints until a renewal proves it is still ours (buffered work is kept).
     pub fenced: bool,
+    /// How long the receive call in progress has been waiting for the store, if one is: a
+    /// poller that keeps asking a slow store is not stuck, one that stopped asking is.
+    pub receiving_for: Option<Duration>,
 }
 
 struct Poller {
@@ -317,6 +322,9 @@ impl ControlState {
                             .and_then(|a| a.paused_since)
                             .map(|t| now.saturating_duration_since(t)),
                         fenced: false,
+                        receiving_for: a
+                            .and_then(|a| a.receiving_since)
+                            .map(|t| now.saturating_duration_since(t)),
                         control_queue: q,
                     }
                 })
@@ -341,6 +349,18 @@ impl ControlState {
         let e = a.entry(queue.to_owned()).or_default();
         e.last_receive = Some(Instant::now());
         e.paused_since = None;
+        e.receiving_since = None;
+    }
+
+    fn record_receive_start(&self, queue: &str) {
+        let mut a = locked(&self.activity);
+        a.entry(queue.to_owned()).or_default().receiving_since = Some(Instant::now());
+    }
+
+    fn record_receive_failed(&self, queue: &str) {
+        if let Some(e) = locked(&self.activity).get_mut(queue) {
+            e.receiving_since = None;
+        }
     }
 
     fn record_pause(&self, queue: &str) {
@@ -690,6 +710,7 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
             }
             continue;
         }
+        inner.control.record_receive_start(&queue);
         let received = inner
             .queues
             .get_messages(
@@ -704,6 +725,7 @@ async fn poll_loop(inner: Weak<Inner>, queue: String, partition: u8, cancel: Arc
                 r
             }
             Err(e) => {
+                inner.control.record_receive_failed(&queue);
                 tracing::warn!(queue, error = %e, "MessageFailure: control queue receive failed");
                 drop(inner);
                 tokio::time::sleep(backoff.next().max(Duration::from_millis(500))).await;
