@@ -32,9 +32,9 @@ async fn a_stale_pop_receipt_is_azurites_400_reported_as_precondition_failed() {
     s.delete_queue_if_exists(q).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_call_without_an_answer_fails_as_transient_after_the_timeout() {
-    // A listener that accepts connections and never answers: no Azurite needed.
+/// Storage with a 300-ms call timeout over a listener that accepts connections and never
+/// answers (a frozen service); abort the handle to close it.
+async fn silent_storage() -> (AzureStorage, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let hold = tokio::spawn(async move {
@@ -44,7 +44,13 @@ async fn a_call_without_an_answer_fails_as_transient_after_the_timeout() {
         }
     });
     let account = StorageAccount::emulator("127.0.0.1", port, port, port);
-    let s = AzureStorage::new(&account, Duration::from_millis(300));
+    (AzureStorage::new(&account, Duration::from_millis(300)), hold)
+}
+
+#[tokio::test]
+async fn a_call_without_an_answer_fails_as_transient_after_the_timeout() {
+    // A listener that accepts connections and never answers: no Azurite needed.
+    let (s, hold) = silent_storage().await;
     let started = std::time::Instant::now();
     let e = s.put_message("q", "m", Duration::ZERO).await.unwrap_err();
     assert_eq!(e.kind(), StorageErrorKind::Transient, "{e}");
@@ -64,16 +70,7 @@ async fn a_receive_is_not_given_up_before_the_visibility_it_asked_for() {
     // late (the CI flake: an Azurite freeze longer than the call timeout left the messages of an
     // abandoned receive invisible for 5 minutes, known to nobody). So a receive waits as long as
     // what it takes stays hidden. A listener that never answers stands for the frozen service.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hold = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            open.push(socket);
-        }
-    });
-    let account = StorageAccount::emulator("127.0.0.1", port, port, port);
-    let s = AzureStorage::new(&account, Duration::from_millis(300));
+    let (s, hold) = silent_storage().await;
     let started = std::time::Instant::now();
     let e = s.get_messages("q", 1, Duration::from_secs(2)).await.unwrap_err();
     let waited = started.elapsed();
