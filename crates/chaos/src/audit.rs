@@ -424,7 +424,12 @@ pub async fn blob_references(
 ///   lease renewal is overdue while storage stalls, waits on purpose: it fails only when the
 ///   fence lasts longer than [`FENCE_LEASES`] lease intervals);
 /// * `leaked_messages()` (held ids that are neither buffered nor in flight) stayed above 0 in
-///   [`LEAK_SAMPLES`] consecutive samples (one sample can catch a prefetch handing over).
+///   [`LEAK_SAMPLES`] consecutive samples (one sample can catch a prefetch handing over);
+/// * with [`StatsMonitor::expect_partitions`] (one worker owns every partition, as in the soak):
+///   fewer pollers than partitions for longer than [`FENCE_LEASES`] lease intervals. A
+///   partition fenced longer than `max_fenced_duration` is lost and re-acquired once storage
+///   answers again, so a long storage stall leaves it unpolled for a while on purpose; a worker
+///   that never polls it again fails.
 #[derive(Debug)]
 pub struct StatsMonitor {
     shared: Arc<MonitorShared>,
@@ -437,6 +442,10 @@ pub const LEAK_SAMPLES: u32 = 2;
 #[derive(Debug)]
 struct MonitorShared {
     lease: Duration,
+    /// Partitions the watched workers must poll between them (0: not checked).
+    expected_partitions: std::sync::atomic::AtomicUsize,
+    /// Since when fewer pollers than expected were seen.
+    short_since: Mutex<Option<Instant>>,
     nodes: Mutex<BTreeMap<String, Watched>>,
     findings: Mutex<StatsFindings>,
 }
@@ -466,6 +475,8 @@ pub struct StatsFindings {
     pub max_paused: Duration,
     /// Largest leaked count in a sample.
     pub max_leaked: usize,
+    /// Longest stretch with fewer pollers than [`StatsMonitor::expect_partitions`] asked for.
+    pub max_unpolled: Duration,
     /// Breaches, one entry per worker, invariant and control queue (the worst value seen).
     pub violations: BTreeMap<String, String>,
 }
@@ -479,6 +490,8 @@ impl StatsMonitor {
     pub fn start(lease: Duration, period: Duration) -> Arc<Self> {
         let shared = Arc::new(MonitorShared {
             lease,
+            expected_partitions: std::sync::atomic::AtomicUsize::new(0),
+            short_since: Mutex::new(None),
             nodes: Mutex::new(BTreeMap::new()),
             findings: Mutex::new(StatsFindings::default()),
         });
@@ -501,6 +514,13 @@ impl StatsMonitor {
             name.to_owned(),
             Watched { svc, leak_streak: 0, first_seen: BTreeMap::new(), fenced: BTreeMap::new() },
         );
+    }
+
+    /// From now on the watched workers must poll `n` partitions between them (one worker that
+    /// owns the whole hub); see the type's invariants.
+    pub fn expect_partitions(&self, n: usize) {
+        self.shared.expected_partitions.store(n, std::sync::atomic::Ordering::Relaxed);
+        *lock(&self.shared.short_since) = None;
     }
 
     /// Stops watching `name` (before it stops or is killed).
@@ -537,8 +557,10 @@ impl MonitorShared {
         let now = Instant::now();
         let mut nodes = lock(&self.nodes);
         let mut f = lock(&self.findings);
+        let mut polled = 0usize;
         for (name, w) in nodes.iter_mut() {
             let s = w.svc.stats();
+            polled += s.control_queues.len();
             f.samples += 1;
             f.max_held = f.max_held.max(s.held_messages);
             let leaked = s.leaked_messages();
@@ -615,5 +637,81 @@ impl MonitorShared {
             }
             w.first_seen.retain(|q, _| s.control_queues.iter().any(|c| &c.control_queue == q));
         }
+        self.check_polled(&mut f, polled, now);
+    }
+
+    fn check_polled(&self, f: &mut StatsFindings, polled: usize, now: Instant) {
+        let expected = self.expected_partitions.load(std::sync::atomic::Ordering::Relaxed);
+        let mut short = lock(&self.short_since);
+        if expected == 0 || polled >= expected {
+            *short = None;
+            return;
+        }
+        let since = *short.get_or_insert(now);
+        let unpolled = now - since;
+        f.max_unpolled = f.max_unpolled.max(unpolled);
+        if unpolled > self.lease * FENCE_LEASES {
+            f.violations.insert(
+                "unpolled".to_owned(),
+                format!(
+                    "{polled} of {expected} partitions polled for {:.1}s (bound {} lease intervals)",
+                    unpolled.as_secs_f64(),
+                    FENCE_LEASES
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(lease: Duration) -> MonitorShared {
+        MonitorShared {
+            lease,
+            expected_partitions: std::sync::atomic::AtomicUsize::new(4),
+            short_since: Mutex::new(None),
+            nodes: Mutex::new(BTreeMap::new()),
+            findings: Mutex::new(StatsFindings::default()),
+        }
+    }
+
+    #[test]
+    fn a_short_loss_after_a_stall_is_tolerated_and_its_length_reported() {
+        let m = shared(Duration::from_secs(15));
+        let mut f = StatsFindings::default();
+        let t0 = Instant::now();
+        m.check_polled(&mut f, 0, t0);
+        m.check_polled(&mut f, 0, t0 + Duration::from_secs(20));
+        m.check_polled(&mut f, 4, t0 + Duration::from_secs(21));
+        m.check_polled(&mut f, 3, t0 + Duration::from_secs(30));
+        assert!(f.violations.is_empty(), "{:?}", f.violations);
+        assert_eq!(f.max_unpolled, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_partition_never_polled_again_fails() {
+        let m = shared(Duration::from_secs(15));
+        let mut f = StatsFindings::default();
+        let t0 = Instant::now();
+        m.check_polled(&mut f, 3, t0);
+        m.check_polled(&mut f, 3, t0 + Duration::from_secs(59));
+        assert!(f.violations.is_empty());
+        m.check_polled(&mut f, 3, t0 + Duration::from_secs(61));
+        let v = f.violations.get("unpolled").expect("a violation");
+        assert!(v.starts_with("3 of 4 partitions polled for 61.0s"), "{v}");
+    }
+
+    #[test]
+    fn unpolled_partitions_are_not_checked_unless_asked_for() {
+        let m = shared(Duration::from_secs(15));
+        m.expected_partitions.store(0, std::sync::atomic::Ordering::Relaxed);
+        let mut f = StatsFindings::default();
+        let t0 = Instant::now();
+        m.check_polled(&mut f, 0, t0);
+        m.check_polled(&mut f, 0, t0 + Duration::from_secs(600));
+        assert!(f.violations.is_empty());
+        assert_eq!(f.max_unpolled, Duration::ZERO);
     }
 }

@@ -9,6 +9,10 @@
 //! * receive age: every sample below the lease interval; no pause at the buffer threshold that
 //!   long; no persistent leaked message ids (the [`StatsMonitor`](crate::audit::StatsMonitor)
 //!   checks every 500 ms);
+//! * partitions: the worker polls every partition, except for at most
+//!   [`FENCE_LEASES`](crate::audit::FENCE_LEASES) lease intervals after a loss (a storage stall
+//!   longer than the lease fences and then loses partitions; they are re-acquired once storage
+//!   answers), checked by the stats monitor every 500 ms;
 //! * every round audited clean (all instances completed, missing ids still missing, no raw
 //!   client error, nothing of the round's ids left in the container after its purge).
 //!
@@ -73,8 +77,14 @@ pub struct SoakSample {
     pub fenced: usize,
     /// Pollers paused at the buffer threshold.
     pub paused: usize,
-    /// Owned partitions with a poller.
+    /// Owned partitions with a poller. Fewer than the hub's partitions only after a loss (a
+    /// fence outlasting `max_fenced_duration` during a storage stall), until the re-acquire; the
+    /// [`StatsMonitor`](crate::audit::StatsMonitor) fails the soak when that lasts longer than
+    /// [`FENCE_LEASES`](crate::audit::FENCE_LEASES) lease intervals.
     pub pollers: usize,
+    /// How long the sample's storage calls (blob list, queue lengths) took: a long one marks a
+    /// storage stall.
+    pub storage_latency: Duration,
     /// Blobs in the large-message container.
     pub blobs: usize,
     /// Messages in the control and work-item queues (approximate).
@@ -102,6 +112,10 @@ pub struct SoakReport {
     pub failures: Vec<String>,
     /// Wall time.
     pub wall: Duration,
+    /// Longest stretch with fewer pollers than partitions (stats monitor, every 500 ms).
+    pub max_unpolled: Duration,
+    /// The provider's named log events during the soak (partition warnings, discards, ...).
+    pub log_events: std::collections::BTreeMap<&'static str, u64>,
 }
 
 fn mean(xs: &[f64]) -> f64 {
@@ -147,9 +161,6 @@ impl SoakReport {
                 s.at.as_secs_f64()
             ));
         }
-        if let Some(s) = self.samples.iter().find(|s| s.pollers == 0) {
-            out.push(format!("no poller at {:.0}s", s.at.as_secs_f64()));
-        }
         out
     }
 
@@ -172,7 +183,7 @@ impl fmt::Display for SoakReport {
         )?;
         writeln!(
             f,
-            "{:<8} {:>7} {:>6} {:>9} {:>10} {:>7} {:>13} {:>7} {:>6} {:>7} {:>10}",
+            "{:<8} {:>7} {:>6} {:>9} {:>10} {:>7} {:>13} {:>7} {:>8} {:>6} {:>7} {:>10} {:>9}",
             "sample",
             "t(s)",
             "held",
@@ -181,14 +192,16 @@ impl fmt::Display for SoakReport {
             "leaked",
             "max_recv_age",
             "paused",
+            "pollers",
             "blobs",
             "queued",
-            "completed"
+            "completed",
+            "storage"
         )?;
         let row = |f: &mut fmt::Formatter<'_>, name: &str, s: &SoakSample| {
             writeln!(
                 f,
-                "{:<8} {:>7.0} {:>6} {:>9} {:>10} {:>7} {:>12.1}s {:>7} {:>6} {:>7} {:>10}",
+                "{:<8} {:>7.0} {:>6} {:>9} {:>10} {:>7} {:>12.1}s {:>7} {:>8} {:>6} {:>7} {:>10} {:>8.1}s",
                 name,
                 s.at.as_secs_f64(),
                 s.held,
@@ -197,9 +210,11 @@ impl fmt::Display for SoakReport {
                 s.leaked,
                 s.max_receive_age.as_secs_f64(),
                 s.paused,
+                s.pollers,
                 s.blobs,
                 s.queued,
-                s.completed
+                s.completed,
+                s.storage_latency.as_secs_f64()
             )
         };
         if let (Some(first), Some(last)) = (self.samples.first(), self.samples.last()) {
@@ -218,6 +233,7 @@ impl fmt::Display for SoakReport {
                     fenced: pick(a.fenced, s.fenced),
                     paused: pick(a.paused, s.paused),
                     pollers: pick(a.pollers, s.pollers),
+                    storage_latency: dpick(a.storage_latency, s.storage_latency),
                     blobs: pick(a.blobs, s.blobs),
                     queued: pick(a.queued, s.queued),
                     completed: pick(a.completed, s.completed),
@@ -226,6 +242,13 @@ impl fmt::Display for SoakReport {
             row(f, "min", &fold(usize::min, Duration::min))?;
             row(f, "max", &fold(usize::max, Duration::max))?;
         }
+        let events: Vec<String> = self.log_events.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(
+            f,
+            "partitions: longest stretch with fewer pollers than partitions {:.1}s; log events: {}",
+            self.max_unpolled.as_secs_f64(),
+            if events.is_empty() { "none".to_owned() } else { events.join(" ") }
+        )?;
         for line in &self.round_lines {
             writeln!(f, "  {line}")?;
         }
@@ -268,6 +291,8 @@ async fn sample(
     previous: SoakSample,
 ) -> SoakSample {
     let s = svc.stats();
+    let at = started.elapsed();
+    let asked = Instant::now();
     let container = &hub.admin.resource_names().large_messages_container;
     // A sample the storage could not answer repeats the previous figure.
     let blobs = audit::retry(|| hub.storage.list_blobs(container, ""))
@@ -276,8 +301,9 @@ async fn sample(
     let queued = audit::queue_residue(&hub.admin)
         .await
         .map_or(previous.queued, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let storage_latency = asked.elapsed();
     SoakSample {
-        at: started.elapsed(),
+        at,
         held: s.held_messages,
         buffered: s.buffered_messages,
         in_flight: s.in_flight_messages,
@@ -292,6 +318,7 @@ async fn sample(
         fenced: s.control_queues.iter().filter(|q| q.fenced).count(),
         paused: s.control_queues.iter().filter(|q| q.paused_for.is_some()).count(),
         pollers: s.control_queues.len(),
+        storage_latency,
         blobs,
         queued,
         completed,
@@ -317,6 +344,8 @@ pub async fn soak(
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    hub.monitor.expect_partitions(usize::from(hub.settings("x").partition_count));
+    let logs_before = crate::logs::snapshot();
     let mut report =
         SoakReport { lease: hub.settings("x").lease_interval, ..SoakReport::default() };
     let completed = Arc::new(Mutex::new(0usize));
@@ -394,9 +423,12 @@ pub async fn soak(
     report.failures = failures;
     report.round_lines = round_lines;
     hub.monitor.sample_now();
-    for v in hub.monitor.findings().violations.into_values() {
+    let findings = hub.monitor.findings();
+    report.max_unpolled = findings.max_unpolled;
+    for v in findings.violations.into_values() {
         report.failures.push(format!("stats: {v}"));
     }
+    report.log_events = crate::logs::since(&logs_before);
     node.stop(Duration::from_secs(10)).await?;
     hub.delete().await;
     report.wall = started.elapsed();
@@ -458,4 +490,59 @@ async fn run_soak_round(
         t0.elapsed().as_secs_f64()
     );
     Ok((line, found, a.expected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(at: u64, held: usize, blobs: usize, age: u64) -> SoakSample {
+        SoakSample {
+            at: Duration::from_secs(at),
+            held,
+            blobs,
+            max_receive_age: Duration::from_millis(age),
+            pollers: 4,
+            ..SoakSample::default()
+        }
+    }
+
+    fn report(samples: Vec<SoakSample>) -> SoakReport {
+        SoakReport { samples, lease: Duration::from_secs(15), ..SoakReport::default() }
+    }
+
+    #[test]
+    fn flat_figures_pass_and_growth_fails() {
+        let flat = report((0..30).map(|i| sample(i * 10, 5 + (i as usize % 3), 30, 400)).collect());
+        assert!(flat.not_flat().is_empty(), "{:?}", flat.not_flat());
+        assert!(flat.passed());
+        let growing =
+            report((0..30).map(|i| sample(i * 10, 5, 30 + 4 * i as usize, 400)).collect());
+        let reasons = growing.not_flat();
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(reasons[0].starts_with("blobs grew"), "{reasons:?}");
+        assert!(!growing.passed());
+    }
+
+    #[test]
+    fn a_receive_age_at_the_lease_fails_and_round_findings_fail() {
+        let mut samples: Vec<SoakSample> = (0..9).map(|i| sample(i * 10, 2, 30, 300)).collect();
+        samples[4].max_receive_age = Duration::from_secs(15);
+        let r = report(samples.clone());
+        assert_eq!(r.not_flat(), vec!["receive age 15.0s >= lease 15s at 40s".to_owned()]);
+        samples[4].max_receive_age = Duration::from_secs(1);
+        let mut r = report(samples);
+        assert!(r.passed());
+        r.failures.push("round k0r000: stuck".to_owned());
+        assert!(!r.passed());
+        assert!(r.to_string().contains("verdict: FAIL (flat, 1 round findings)"));
+    }
+
+    #[test]
+    fn a_sample_taken_between_a_loss_and_the_re_acquire_is_not_a_finding_by_itself() {
+        let mut samples: Vec<SoakSample> = (0..9).map(|i| sample(i * 10, 2, 30, 300)).collect();
+        samples[4].pollers = 0;
+        let r = report(samples);
+        assert!(r.passed(), "{}", r);
+    }
 }

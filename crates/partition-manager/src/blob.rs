@@ -303,14 +303,27 @@ impl Inner {
         let name = Self::name(set, q);
         let body =
             LeaseBody { partition_id: q.into(), owner: None, token: None, epoch: held.epoch };
-        let result = async {
-            timed(op, self.store.write(&name, encode(&body), Some(&held.lease_id))).await?;
-            timed(op, self.store.release(&name, &held.lease_id)).await
-        }
-        .await;
-        match result {
+        // The release is tried even when clearing the body failed: a body that still names us
+        // is harmless (the next taker probes the lease), a lease left held blocks the partition
+        // until it expires.
+        let cleared = timed(op, self.store.write(&name, encode(&body), Some(&held.lease_id))).await;
+        let released = timed(op, self.store.release(&name, &held.lease_id)).await;
+        match cleared.and(released) {
             Ok(()) => self.core.info("LeaseReleased", q, &format!("{} lease released", set.prefix)),
             Err(e) => self.core.warn("LeaseRemovalFailed", q, &format!("{}: {e}", set.prefix)),
+        }
+    }
+
+    /// Releases a lease acquired (or changed) under `lease_id` whose outcome is unknown or
+    /// that we will not keep: an acquisition that timed out may have been committed, and a lease
+    /// held under an ID nobody knows blocks the partition for a whole lease interval. Best
+    /// effort: a release of a lease we do not hold is refused and changes nothing.
+    async fn forget(&self, name: &str, q: &str, lease_id: &str, why: &str) {
+        let op = self.core.settings.operation_timeout;
+        match timed(op, self.store.release(name, lease_id)).await {
+            Ok(()) => self.core.info("LeaseReleased", q, &format!("{name}: {why}")),
+            Err(StoreError::LeaseLost(_)) => {}
+            Err(e) => self.core.warn("LeaseRemovalFailed", q, &format!("{name}: {why}: {e}")),
         }
     }
 
@@ -376,7 +389,10 @@ impl Inner {
                     let sent = self.core.clock.monotonic();
                     match timed(op, self.store.acquire(&name, lease, &id)).await {
                         Ok(()) => expired.push((q.clone(), body, id, sent)),
-                        Err(_) => {
+                        Err(e) => {
+                            if matches!(e, StoreError::Unavailable(_)) {
+                                self.forget(&name, q, &id, "probe answer lost").await;
+                            }
                             *counts.entry(owner.to_owned()).or_default() += 1;
                             alive.push((q.clone(), body));
                         }
@@ -392,9 +408,15 @@ impl Inner {
         for (q, body, id, sent) in expired {
             let name = Self::name(set, &q);
             if needed > 0 {
-                match self.publish(set, &q, &body, id, sent, "LeaseAcquisitionSucceeded").await {
+                match self
+                    .publish(set, &q, &body, id.clone(), sent, "LeaseAcquisitionSucceeded")
+                    .await
+                {
                     Ok(()) => needed -= 1,
-                    Err(e) => self.core.info("LeaseAcquisitionFailed", &q, &e.to_string()),
+                    Err(e) => {
+                        self.core.info("LeaseAcquisitionFailed", &q, &e.to_string());
+                        self.forget(&name, &q, &id, "not published").await;
+                    }
                 }
             } else {
                 // Not needed: free it so that its dead owner stops counting.
@@ -409,15 +431,26 @@ impl Inner {
             }
             let id = new_lease_id();
             let sent = self.core.clock.monotonic();
-            match timed(op, self.store.acquire(&Self::name(set, &q), lease, &id)).await {
+            let name = Self::name(set, &q);
+            match timed(op, self.store.acquire(&name, lease, &id)).await {
                 Ok(()) => {
-                    match self.publish(set, &q, &body, id, sent, "LeaseAcquisitionSucceeded").await
+                    match self
+                        .publish(set, &q, &body, id.clone(), sent, "LeaseAcquisitionSucceeded")
+                        .await
                     {
                         Ok(()) => needed -= 1,
-                        Err(e) => self.core.info("LeaseAcquisitionFailed", &q, &e.to_string()),
+                        Err(e) => {
+                            self.core.info("LeaseAcquisitionFailed", &q, &e.to_string());
+                            self.forget(&name, &q, &id, "not published").await;
+                        }
                     }
                 }
-                Err(e) => self.core.info("LeaseAcquisitionFailed", &q, &e.to_string()),
+                Err(e) => {
+                    self.core.info("LeaseAcquisitionFailed", &q, &e.to_string());
+                    if matches!(e, StoreError::Unavailable(_)) {
+                        self.forget(&name, &q, &id, "acquisition answer lost").await;
+                    }
+                }
             }
         }
         if steal && needed > 0 {
@@ -438,9 +471,20 @@ impl Inner {
                     let name = Self::name(set, q);
                     match timed(op, self.store.change(&name, token, &id)).await {
                         Ok(()) => {
-                            self.publish(set, q, body, id, sent, "LeaseStealingSucceeded").await?;
+                            let published = self
+                                .publish(set, q, body, id.clone(), sent, "LeaseStealingSucceeded")
+                                .await;
+                            if let Err(e) = published {
+                                self.forget(&name, q, &id, "stolen but not published").await;
+                                return Err(e);
+                            }
                         }
-                        Err(e) => self.core.info("LeaseStealingFailed", q, &e.to_string()),
+                        Err(e) => {
+                            self.core.info("LeaseStealingFailed", q, &e.to_string());
+                            if matches!(e, StoreError::Unavailable(_)) {
+                                self.forget(&name, q, &id, "steal answer lost").await;
+                            }
+                        }
                     }
                 }
             }

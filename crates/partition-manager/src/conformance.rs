@@ -8,7 +8,7 @@
 
 use crate::clock::Clock;
 use crate::core::lock;
-use crate::store::{LeaseBlobStore, PartitionRow, PartitionTableStore, StoreResult};
+use crate::store::{LeaseBlobStore, PartitionRow, PartitionTableStore, StoreError, StoreResult};
 use crate::{
     LeaseStores, ManagerKind, Partition, PartitionListener, PartitionManager,
     PartitionManagerSettings,
@@ -250,24 +250,41 @@ impl PartitionListener for RecordingListener {
     }
 }
 
-/// Makes one worker's storage calls hang (a stalled process or a network partition).
+/// Makes one worker's storage calls hang (a stalled process or a network partition), or lets
+/// its writes happen and loses their answers (a timeout after the service committed).
 #[derive(Debug)]
 pub struct FaultSwitch {
     hung: tokio::sync::watch::Sender<bool>,
+    answers_lost: std::sync::atomic::AtomicBool,
 }
 
 impl FaultSwitch {
     /// A healthy switch.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { hung: tokio::sync::watch::channel(false).0 })
+        Arc::new(Self {
+            hung: tokio::sync::watch::channel(false).0,
+            answers_lost: std::sync::atomic::AtomicBool::new(false),
+        })
     }
     /// Start or stop hanging every call.
     pub fn set_hung(&self, hung: bool) {
         self.hung.send_replace(hung);
     }
+    /// Start or stop losing the answers of writes (they still happen).
+    pub fn set_answers_lost(&self, lost: bool) {
+        self.answers_lost.store(lost, std::sync::atomic::Ordering::SeqCst);
+    }
     async fn pass(&self) {
         let mut rx = self.hung.subscribe();
         let _ = rx.wait_for(|hung| !hung).await;
+    }
+    /// A write's answer as the caller sees it.
+    fn answer<T>(&self, r: StoreResult<T>) -> StoreResult<T> {
+        if self.answers_lost.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(StoreError::Unavailable("timed out (the write was committed)".into()))
+        } else {
+            r
+        }
     }
 }
 
@@ -298,7 +315,7 @@ impl PartitionTableStore for FaultyTable {
     }
     async fn replace(&self, row: &PartitionRow) -> StoreResult<String> {
         self.switch.pass().await;
-        self.inner.replace(row).await
+        self.switch.answer(self.inner.replace(row).await)
     }
 }
 
@@ -329,23 +346,23 @@ impl LeaseBlobStore for FaultyBlobs {
     }
     async fn write(&self, name: &str, body: Vec<u8>, lease_id: Option<&str>) -> StoreResult<()> {
         self.switch.pass().await;
-        self.inner.write(name, body, lease_id).await
+        self.switch.answer(self.inner.write(name, body, lease_id).await)
     }
     async fn acquire(&self, name: &str, duration: Duration, lease_id: &str) -> StoreResult<()> {
         self.switch.pass().await;
-        self.inner.acquire(name, duration, lease_id).await
+        self.switch.answer(self.inner.acquire(name, duration, lease_id).await)
     }
     async fn renew(&self, name: &str, lease_id: &str) -> StoreResult<()> {
         self.switch.pass().await;
-        self.inner.renew(name, lease_id).await
+        self.switch.answer(self.inner.renew(name, lease_id).await)
     }
     async fn release(&self, name: &str, lease_id: &str) -> StoreResult<()> {
         self.switch.pass().await;
-        self.inner.release(name, lease_id).await
+        self.switch.answer(self.inner.release(name, lease_id).await)
     }
     async fn change(&self, name: &str, current: &str, proposed: &str) -> StoreResult<()> {
         self.switch.pass().await;
-        self.inner.change(name, current, proposed).await
+        self.switch.answer(self.inner.change(name, current, proposed).await)
     }
 }
 
@@ -444,6 +461,12 @@ impl Cluster {
     /// Makes a worker's storage calls hang (`true`) or work again (`false`).
     pub fn set_hung(&self, id: &str, hung: bool) {
         self.workers[id].switch.set_hung(hung);
+    }
+
+    /// Makes a worker's storage writes lose their answers (`true`: they happen, the worker sees
+    /// a timeout) or answer again (`false`).
+    pub fn set_answers_lost(&self, id: &str, lost: bool) {
+        self.workers[id].switch.set_answers_lost(lost);
     }
 
     /// The manager of a worker.
@@ -680,6 +703,33 @@ pub async fn fenced_worker_resumes_when_storage_answers(cfg: &ConformanceConfig)
     c.set_hung(&w, false);
     c.wait_balanced("re-acquired once the store answers").await;
     c.shutdown().await;
+}
+
+/// Writes that time out after the service committed them (an acquisition whose answer was
+/// lost) do not hold partitions hostage: once the answers come back the worker owns every
+/// partition well within a lease interval, instead of waiting for leases held under IDs it
+/// never learned to expire.
+pub async fn lost_write_answers_do_not_block_partitions(cfg: &ConformanceConfig) -> Duration {
+    let mut c = Cluster::new(cfg).await;
+    let w = c.add_worker().await;
+    c.set_answers_lost(&w, true);
+    // Long enough for several acquisition passes to be committed and reported as timeouts.
+    let lossy = cfg.settings.lease_acquire_interval * 3 / 2;
+    tokio::time::sleep(lossy).await;
+    c.set_answers_lost(&w, false);
+    let took = c.wait_balanced("owns everything once answers come back").await;
+    // A lease taken under a lost answer in the first pass expires `lease - lossy` after the
+    // answers come back; taking over only then is the fault this catches.
+    let bound = cfg.settings.lease_interval.saturating_sub(lossy) * 3 / 4;
+    assert!(
+        took < bound,
+        "owning every partition took {took:?} after the answers came back: leases taken under \
+         lost answers were left to expire (lease {:?})\n{}",
+        cfg.settings.lease_interval,
+        c.describe()
+    );
+    c.shutdown().await;
+    took
 }
 
 /// A graceful stop drains and releases, and the survivor takes over without waiting for expiry.

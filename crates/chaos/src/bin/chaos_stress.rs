@@ -86,7 +86,7 @@ async fn soak(env: &ChaosEnv, minutes: f64, seed: u64) -> ExitCode {
     println!("chaos_stress: soak {minutes} min, sample every 10 s, seed={seed}");
     let result = durabletask_chaos::soak::soak(env, config, |s| {
         println!(
-            "  t={:>5.0}s held={} buffered={} in_flight={} leaked={} max_recv_age={:.1}s paused={} blobs={} queued={} completed={}",
+            "  t={:>5.0}s held={} buffered={} in_flight={} leaked={} max_recv_age={:.1}s paused={} pollers={} blobs={} queued={} completed={} storage={:.1}s",
             s.at.as_secs_f64(),
             s.held,
             s.buffered,
@@ -94,9 +94,11 @@ async fn soak(env: &ChaosEnv, minutes: f64, seed: u64) -> ExitCode {
             s.leaked,
             s.max_receive_age.as_secs_f64(),
             s.paused,
+            s.pollers,
             s.blobs,
             s.queued,
-            s.completed
+            s.completed,
+            s.storage_latency.as_secs_f64()
         );
     })
     .await;

@@ -58,6 +58,11 @@ macro_rules! variant {
             }
 
             #[tokio::test(start_paused = true)]
+            async fn lost_write_answers_do_not_block_partitions() {
+                suite::lost_write_answers_do_not_block_partitions(&config($kind, 4)).await;
+            }
+
+            #[tokio::test(start_paused = true)]
             async fn graceful_stop_hands_over_without_expiry_wait() {
                 suite::graceful_stop_hands_over_without_expiry_wait(&config($kind, 4)).await;
             }

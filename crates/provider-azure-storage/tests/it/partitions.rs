@@ -59,6 +59,12 @@ macro_rules! scenario {
             else {
                 return;
             };
+            // The partition managers' events, shown only when the test fails (captured).
+            let filter =
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("durabletask::partitions=info")
+                });
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
             let started = std::time::Instant::now();
             $body;
             eprintln!("{} took {:?}", stringify!($name), started.elapsed());
@@ -82,6 +88,9 @@ scenario!(table_killed_worker_taken_over, ManagerKind::Table, 4, |cfg| {
 scenario!(table_stalled_worker_does_not_take_back, ManagerKind::Table, 4, |cfg| {
     suite::stalled_worker_does_not_take_partitions_back(&cfg).await
 });
+scenario!(table_lost_write_answers_do_not_block, ManagerKind::Table, 4, |cfg| {
+    suite::lost_write_answers_do_not_block_partitions(&cfg).await
+});
 scenario!(table_graceful_stop_hands_over, ManagerKind::Table, 4, |cfg| {
     suite::graceful_stop_hands_over_without_expiry_wait(&cfg).await
 });
@@ -97,6 +106,9 @@ scenario!(safe_blob_killed_worker_taken_over, ManagerKind::SafeBlob, 4, |cfg| {
 scenario!(safe_blob_stalled_worker_does_not_take_back, ManagerKind::SafeBlob, 4, |cfg| {
     suite::stalled_worker_does_not_take_partitions_back(&cfg).await
 });
+scenario!(safe_blob_lost_write_answers_do_not_block, ManagerKind::SafeBlob, 4, |cfg| {
+    suite::lost_write_answers_do_not_block_partitions(&cfg).await
+});
 scenario!(safe_blob_graceful_stop_hands_over, ManagerKind::SafeBlob, 4, |cfg| {
     suite::graceful_stop_hands_over_without_expiry_wait(&cfg).await
 });
@@ -111,6 +123,9 @@ scenario!(legacy_blob_killed_worker_taken_over, ManagerKind::LegacyBlob, 4, |cfg
 });
 scenario!(legacy_blob_stalled_worker_does_not_take_back, ManagerKind::LegacyBlob, 4, |cfg| {
     suite::stalled_worker_does_not_take_partitions_back(&cfg).await
+});
+scenario!(legacy_blob_lost_write_answers_do_not_block, ManagerKind::LegacyBlob, 4, |cfg| {
+    suite::lost_write_answers_do_not_block_partitions(&cfg).await
 });
 scenario!(legacy_blob_graceful_stop_hands_over, ManagerKind::LegacyBlob, 4, |cfg| {
     suite::graceful_stop_hands_over_without_expiry_wait(&cfg).await
