@@ -355,7 +355,7 @@ impl TaskHubClient {
         validate_instance_id(instance_id)?;
         tracing::debug!(instance_id, "WaitingForInstance");
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut interval = Duration::from_millis(10);
+        let mut polls = 0u32;
         loop {
             let state = self.service.get_state(instance_id, false).await?;
             if let Some(s) = state.as_ref().filter(|s| s.orchestration_status.is_terminal()) {
@@ -378,8 +378,10 @@ impl TaskHubClient {
                     last_state: state.map(Box::new),
                 });
             }
+            let interval =
+                crate::backoff::doubling(Duration::from_millis(10), polls, self.max_poll_interval);
             tokio::time::sleep(interval.min(deadline - now)).await;
-            interval = (interval * 2).min(self.max_poll_interval);
+            polls = polls.saturating_add(1);
         }
     }
 

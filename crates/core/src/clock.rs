@@ -1,5 +1,7 @@
-//! Injected time source. Everything in the framework that needs "now" (episode timestamps, lock
-//! expiry, timer visibility) asks a [`Clock`], so tests can substitute their own.
+//! Injected time source: the framework's one `Clock`. Everything that needs "now" (episode
+//! timestamps, lock expiry, timer visibility, partition lease expiry) asks a [`Clock`], so tests
+//! can substitute their own. Local deadlines (self-fencing) use [`Clock::monotonic`], so a
+//! wall-clock jump cannot extend a worker's belief that it owns a partition.
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,6 +13,10 @@ use time::OffsetDateTime;
 pub trait Clock: Send + Sync + fmt::Debug {
     /// The current time, in UTC.
     fn now(&self) -> OffsetDateTime;
+    /// Monotonic time for local deadlines (tokio's clock, so paused-time tests control it).
+    fn monotonic(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now()
+    }
 }
 
 /// The system wall clock.
@@ -50,6 +56,51 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> OffsetDateTime {
         *self.now.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A wall clock that follows tokio's (pausable) clock from a fixed origin, with an adjustable
+/// skew. Use it with `#[tokio::test(start_paused = true)]` for deterministic tests.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    origin_wall: OffsetDateTime,
+    origin: tokio::time::Instant,
+    skew_ms: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl TokioClock {
+    /// A clock reading the real current time now and advancing with tokio's clock.
+    pub fn new() -> Self {
+        Self {
+            origin_wall: OffsetDateTime::now_utc(),
+            origin: tokio::time::Instant::now(),
+            skew_ms: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        }
+    }
+
+    /// A clock sharing this one's origin but with its own skew (for one worker).
+    pub fn independent(&self) -> Self {
+        Self { skew_ms: Arc::new(std::sync::atomic::AtomicI64::new(0)), ..self.clone() }
+    }
+
+    /// Shifts this clock's wall time by `ms` (may be negative); monotonic time is unaffected.
+    pub fn set_skew_ms(&self, ms: i64) {
+        self.skew_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> OffsetDateTime {
+        let elapsed = tokio::time::Instant::now() - self.origin;
+        self.origin_wall
+            + elapsed
+            + time::Duration::milliseconds(self.skew_ms.load(std::sync::atomic::Ordering::SeqCst))
     }
 }
 

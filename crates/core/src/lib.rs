@@ -34,6 +34,8 @@
 //! [`Clock`], and the dispatchers only spawn tokio tasks.
 
 pub mod actions;
+pub mod admission;
+pub mod backoff;
 pub mod client;
 pub mod clock;
 pub mod error;

@@ -527,13 +527,12 @@ impl RetryPolicy {
 
     /// The delay after failed attempt `attempt` (0-based), before caps by timeout.
     pub fn delay_for(&self, attempt: u32) -> Duration {
-        let exp = i32::try_from(attempt).unwrap_or(i32::MAX);
-        let secs = self.first_retry_interval.as_secs_f64() * self.backoff_coefficient.powi(exp);
-        if !secs.is_finite() || secs >= self.max_retry_interval.as_secs_f64() {
-            self.max_retry_interval
-        } else {
-            Duration::from_secs_f64(secs)
-        }
+        crate::backoff::scaled(
+            self.first_retry_interval,
+            self.backoff_coefficient,
+            attempt,
+            self.max_retry_interval,
+        )
     }
 }
 

@@ -70,8 +70,11 @@ impl WorkerOptions {
     /// The abandon back-off for a work item delivered `dequeue_count` times:
     /// `base * 2^(dequeue_count - 1)`, capped.
     pub fn backoff_for(&self, dequeue_count: u32) -> Duration {
-        let exp = dequeue_count.saturating_sub(1).min(20);
-        self.abandon_backoff_base.saturating_mul(1u32 << exp).min(self.abandon_backoff_max)
+        crate::backoff::doubling(
+            self.abandon_backoff_base,
+            dequeue_count.saturating_sub(1),
+            self.abandon_backoff_max,
+        )
     }
 }
 

@@ -99,7 +99,7 @@ impl PartitionManager for BlobPartitionManager {
         timed(op, inner.store.create_container_if_not_exists()).await?;
         let hub = serde_json::json!({
             "TaskHubName": inner.core.settings.task_hub,
-            "CreatedAt": inner.core.clock.now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            "CreatedAt": inner.core.clock.now().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
             "PartitionCount": inner.core.settings.partition_count,
         });
         if timed(op, inner.store.read("taskhub.json")).await?.is_none() {

@@ -127,7 +127,7 @@ impl Inner {
     }
 
     fn renewed_row(&self, row: &PartitionRow, draining: bool) -> PartitionRow {
-        let now = self.core.clock.now_utc();
+        let now = self.core.clock.now();
         PartitionRow {
             last_renewal: Some(now),
             expires_at: Some(now + self.core.settings.lease_interval),
@@ -144,7 +144,7 @@ impl Inner {
         rows.retain(|r| self.core.partition(&r.row_key).is_some());
         rows.sort_by(|a, b| a.row_key.cmp(&b.row_key));
         let me = self.core.me().to_owned();
-        let now = self.core.clock.now_utc();
+        let now = self.core.clock.now();
         let mut busy = false;
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         let mut my_count = 0usize;

@@ -11,6 +11,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use durabletask_core::admission::{
+    Admission, AdmissionInput, AdmissionRules, Candidate, InstanceAction, RowState, RowView,
+    Verdict, admit,
+};
 use durabletask_core::provider::{
     ActivityWorkItem, LockToken, OrchestrationQuery, OrchestrationService,
     OrchestrationServiceClient, OrchestrationWorkItem, ProviderError, ProviderErrorKind,
@@ -103,6 +107,7 @@ struct Shared {
     activity_ready: Notify,
     clock: Arc<dyn Clock>,
     settings: MemorySettings,
+    rules: AdmissionRules,
 }
 
 /// An in-memory task hub implementing both provider traits.
@@ -147,10 +152,6 @@ fn history_execution_id(history: &[HistoryEvent]) -> Option<&str> {
     })
 }
 
-fn history_completed(history: &[HistoryEvent]) -> bool {
-    history.iter().any(|e| matches!(e.kind, EventKind::ExecutionCompleted { .. }))
-}
-
 impl InMemoryOrchestrationService {
     /// A new, empty task hub with the system clock.
     pub fn new(settings: MemorySettings) -> Self {
@@ -166,6 +167,7 @@ impl InMemoryOrchestrationService {
                 activity_ready: Notify::new(),
                 clock,
                 settings,
+                rules: AdmissionRules::default(),
             }),
         }
     }
@@ -252,7 +254,7 @@ impl InMemoryOrchestrationService {
         &self,
         hub: &mut Hub,
         now: OffsetDateTime,
-    ) -> Result<OrchestrationWorkItem, Option<OffsetDateTime>> {
+    ) -> Result<Result<OrchestrationWorkItem, ProviderError>, Option<OffsetDateTime>> {
         Self::expire_locks(hub, now);
         let mut skipped: Vec<String> = Vec::new();
         let mut next_due: Option<OffsetDateTime> = None;
@@ -291,74 +293,105 @@ impl InMemoryOrchestrationService {
                 }
                 batch.push(*seq);
             }
-            // Start de-duplication (contract invariant 3).
-            let row_exec = hub
-                .instances
-                .get(&instance_id)
-                .and_then(|i| i.row.orchestration_instance.execution_id.clone());
-            let stale: Vec<u64> = batch
-                .iter()
-                .copied()
-                .filter(|s| {
-                    hub.orchestration_queue.get(s).is_some_and(|m| match &m.message.event.kind {
-                        EventKind::ExecutionStarted(st) => {
-                            st.parent_instance.is_none()
-                                && st.orchestration_instance.execution_id != row_exec
-                        }
-                        _ => false,
+            // Admission: the rules every provider shares (durabletask_core::admission).
+            let decision = {
+                let inst = hub.instances.get(&instance_id);
+                let history: &[HistoryEvent] = inst.map_or(&[], |i| i.history.as_slice());
+                // The row and the start are written together here, so the row is always known
+                // and never in flight.
+                let row =
+                    inst.map_or(RowState::Absent, |i| RowState::Present(RowView::from(&i.row)));
+                let candidates: Vec<Candidate<'_>> = batch
+                    .iter()
+                    .filter_map(|s| hub.orchestration_queue.get(s))
+                    .map(|m| Candidate {
+                        message: &m.message,
+                        deliveries: u64::from(m.dequeue_count) + 1,
                     })
-                })
-                .collect();
-            if !stale.is_empty() {
-                for s in &stale {
-                    hub.orchestration_queue.remove(s);
-                }
-                tracing::debug!(instance_id = %instance_id, count = stale.len(), "DuplicateMessageDetected: stale start deleted");
-                continue;
-            }
-            let has_start = batch
-                .iter()
-                .any(|s| hub.orchestration_queue.get(s).is_some_and(|m| is_start(&m.message)));
-            let inst = hub.instances.get(&instance_id);
-            let history_empty = inst.is_none_or(|i| i.history.is_empty());
-            if history_empty && !has_start {
-                let pending = inst
-                    .is_some_and(|i| i.row.orchestration_status == OrchestrationStatus::Pending);
-                let terminate = batch.iter().find_map(|s| {
-                    match &hub.orchestration_queue.get(s)?.message.event.kind {
-                        EventKind::ExecutionTerminated { input } => Some(input.clone()),
-                        _ => None,
+                    .collect();
+                let input = AdmissionInput {
+                    messages: &candidates,
+                    history,
+                    row: &row,
+                    row_reread: true,
+                    now,
+                    rules: &self.shared.rules,
+                };
+                match admit(&input) {
+                    Admission::Decided(d) => {
+                        d.log(&instance_id, &candidates);
+                        d
                     }
-                });
-                match (pending, terminate) {
-                    (true, Some(reason)) => {
-                        // Terminate a created-but-not-started instance directly.
-                        if let Some(i) = hub.instances.get_mut(&instance_id) {
-                            i.row.orchestration_status = OrchestrationStatus::Terminated;
-                            i.row.output = reason;
-                            i.row.completed_time = Some(now);
-                            i.row.last_updated_time = now;
+                    // Not reachable with a known, re-read row; leave the instance for now.
+                    Admission::NeedsRow { .. } => {
+                        skipped.push(instance_id);
+                        continue;
+                    }
+                }
+            };
+            match &decision.action {
+                Some(InstanceAction::TerminatePending { reason }) => {
+                    if let Some(i) = hub.instances.get_mut(&instance_id) {
+                        i.row.orchestration_status = OrchestrationStatus::Terminated;
+                        i.row.output.clone_from(reason);
+                        i.row.completed_time = Some(now);
+                        i.row.last_updated_time = now;
+                    }
+                    tracing::info!(instance_id = %instance_id, "InstanceStatusUpdate: terminated before start");
+                }
+                Some(InstanceAction::RepairRow { .. }) => {
+                    if let Some(i) = hub.instances.get_mut(&instance_id)
+                        && let Ok(rt) = OrchestrationRuntimeState::from_history(i.history.clone())
+                        && let Some(state) = rt.to_state(i.row.status.clone(), now)
+                    {
+                        i.row = state;
+                    }
+                }
+                None => {}
+            }
+            let mut run = Vec::new();
+            for (seq, verdict) in batch.iter().zip(&decision.verdicts) {
+                match verdict {
+                    Verdict::Run => run.push(*seq),
+                    Verdict::Discard(_) => {
+                        hub.orchestration_queue.remove(seq);
+                    }
+                    Verdict::Defer { after, .. } => {
+                        if let Some(m) = hub.orchestration_queue.get_mut(seq) {
+                            m.visible_at = now + *after;
+                            m.dequeue_count += 1;
                         }
-                        hub.orchestration_queue.retain(|_, m| m.instance_id != instance_id);
-                        tracing::info!(instance_id = %instance_id, "Terminated a pending instance");
                     }
-                    (true, None) => skipped.push(instance_id),
-                    (false, _) => {
-                        for s in &batch {
-                            hub.orchestration_queue.remove(s);
+                }
+            }
+            if run.is_empty() {
+                continue;
+            }
+            let batch = run;
+            let history =
+                hub.instances.get(&instance_id).map(|i| i.history.clone()).unwrap_or_default();
+            let runtime_state = match OrchestrationRuntimeState::from_history(history) {
+                Ok(s) => s,
+                Err(e) => {
+                    // A corrupt history is an error, never an empty history (which would start
+                    // the instance over): the messages wait and the dispatcher sees the error.
+                    for s in &batch {
+                        if let Some(m) = hub.orchestration_queue.get_mut(s) {
+                            m.dequeue_count += 1;
+                            m.visible_at = now
+                                + durabletask_core::backoff::dtf_abandon(u64::from(
+                                    m.dequeue_count,
+                                ));
                         }
-                        tracing::debug!(instance_id = %instance_id, "DiscardingWorkItem: no such instance");
                     }
+                    tracing::error!(instance_id = %instance_id, error = %e, "OrchestrationProcessingFailure: stored history is corrupt");
+                    return Ok(Err(err(
+                        ProviderErrorKind::Permanent,
+                        "lock_next_orchestration_work_item",
+                        format!("the stored history of '{instance_id}' is corrupt: {e}"),
+                    )));
                 }
-                continue;
-            }
-            if !has_start && inst.is_some_and(|i| history_completed(&i.history)) {
-                for s in &batch {
-                    hub.orchestration_queue.remove(s);
-                }
-                tracing::debug!(instance_id = %instance_id, "DiscardingWorkItem: instance is terminal");
-                continue;
-            }
+            };
             // Lock it.
             let lock_id = hub.next_lock;
             hub.next_lock += 1;
@@ -375,23 +408,14 @@ impl InMemoryOrchestrationService {
             }
             hub.instance_locks
                 .insert(instance_id.clone(), InstanceLock { lock_id, locked_until, seqs: batch });
-            let history =
-                hub.instances.get(&instance_id).map(|i| i.history.clone()).unwrap_or_default();
-            let runtime_state = match OrchestrationRuntimeState::from_history(history) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(instance_id = %instance_id, error = %e, "corrupt history; presenting empty");
-                    OrchestrationRuntimeState::new()
-                }
-            };
-            return Ok(OrchestrationWorkItem {
+            return Ok(Ok(OrchestrationWorkItem {
                 instance_id,
                 runtime_state,
                 new_messages: messages,
                 locked_until,
                 dequeue_count,
                 token: LockToken::new(MemLock { lock_id, seq: 0 }),
-            });
+            }));
         }
     }
 
@@ -515,10 +539,12 @@ impl OrchestrationService for InMemoryOrchestrationService {
         &self,
         timeout: Duration,
     ) -> Result<Option<OrchestrationWorkItem>, ProviderError> {
-        self.wait_for_work(&self.shared.orchestration_ready, timeout, |svc, hub, now| {
-            svc.try_lock_orchestration(hub, now)
-        })
-        .await
+        let locked = self
+            .wait_for_work(&self.shared.orchestration_ready, timeout, |svc, hub, now| {
+                svc.try_lock_orchestration(hub, now)
+            })
+            .await?;
+        locked.transpose()
     }
 
     async fn renew_orchestration_work_item_lock(

@@ -15,8 +15,12 @@ use super::tracking::{self, InstanceRow, LoadedHistory};
 use super::{Inner, MAX_VISIBILITY, perr};
 use crate::envelope::{EnvelopeError, MessageData};
 use crate::keys::partition_index;
-use crate::storage::{ReceivedMessage, StorageErrorKind};
+use crate::storage::{ReceivedMessage, StorageErrorKind, StorageResult};
 use async_trait::async_trait;
+use durabletask_core::admission::{
+    Admission, AdmissionInput, AdmissionRules, Candidate, Decision, InstanceAction, RowState,
+    RowView, Verdict, admit, answers_unknown_events, is_top_level_start,
+};
 use durabletask_core::{
     EventKind, HistoryEvent, OrchestrationStatus, ProviderError, ProviderErrorKind, TaskMessage,
 };
@@ -39,10 +43,7 @@ const ZOMBIE_DEQUEUE_COUNT: u64 = 5;
 /// Cached histories kept by the partition owner.
 const HISTORY_CACHE_LIMIT: usize = 4096;
 
-/// DTF's abandon back-off: `min(2^dequeue_count, 600)` seconds.
-pub(crate) fn poison_backoff(dequeue_count: u64) -> Duration {
-    Duration::from_secs(1u64 << dequeue_count.min(10)).min(Duration::from_secs(600))
-}
+pub(crate) use durabletask_core::backoff::dtf_abandon as poison_backoff;
 
 /// Queue lengths and ownership of a task hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -664,7 +665,7 @@ struct Backoff {
 
 impl Backoff {
     fn next(&mut self) -> Duration {
-        let d = super::worker::backoff_delay(self.misses, self.max);
+        let d = durabletask_core::backoff::poll(self.misses, self.max, rand::random());
         self.misses = self.misses.saturating_add(1);
         d
     }
@@ -897,7 +898,11 @@ pub(crate) async fn update_visibility(
             return None;
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
+        pause = durabletask_core::backoff::doubling(
+            Duration::from_millis(200),
+            attempts,
+            Duration::from_secs(5),
+        );
     }
 }
 
@@ -923,55 +928,19 @@ pub(crate) async fn delete_messages(inner: &Inner, messages: &[MessageRef]) {
 // ---------------------------------------------------------------------------------------------
 // Prefetch
 
-fn is_top_level_start(m: &TaskMessage) -> bool {
-    matches!(&m.event.kind, EventKind::ExecutionStarted(s) if s.parent_instance.is_none())
+fn candidates(batch: &[Buffered]) -> Vec<Candidate<'_>> {
+    batch.iter().map(|m| Candidate { message: &m.message, deliveries: m.dequeue_count }).collect()
 }
 
-fn response_target(m: &TaskMessage) -> Option<(i32, bool)> {
-    match &m.event.kind {
-        EventKind::TaskCompleted { task_scheduled_id, .. }
-        | EventKind::TaskFailed { task_scheduled_id, .. }
-        | EventKind::SubOrchestrationInstanceCompleted { task_scheduled_id, .. }
-        | EventKind::SubOrchestrationInstanceFailed { task_scheduled_id, .. } => {
-            Some((*task_scheduled_id, false))
-        }
-        EventKind::TimerFired { timer_id, .. } => Some((*timer_id, true)),
-        _ => None,
+/// The admission rules under this provider's settings.
+fn admission_rules(settings: &crate::AzureStorageSettings) -> AdmissionRules {
+    AdmissionRules {
+        dedupe_starts: !settings.disable_execution_started_deduplication,
+        allow_replaying_terminal: settings.allow_replaying_terminal_instances,
+        orphan_start_deliveries: ORPHAN_START_DEQUEUE_COUNT,
+        zombie_deliveries: ZOMBIE_DEQUEUE_COUNT,
+        max_defer: MAX_VISIBILITY,
     }
-}
-
-/// Whether `events` hold the scheduling event (`TaskScheduled`, `SubOrchestrationInstanceCreated`
-/// or, for timers, `TimerCreated`) with id `target`.
-fn scheduled_in(events: &[HistoryEvent], target: i32, is_timer: bool) -> bool {
-    events.iter().any(|e| {
-        e.event_id == target
-            && if is_timer {
-                matches!(e.kind, EventKind::TimerCreated { .. })
-            } else {
-                matches!(
-                    e.kind,
-                    EventKind::TaskScheduled { .. }
-                        | EventKind::SubOrchestrationInstanceCreated { .. }
-                )
-            }
-    })
-}
-
-fn history_status(events: &[HistoryEvent]) -> Option<(OrchestrationStatus, Option<String>)> {
-    events.iter().rev().find_map(|e| match &e.kind {
-        EventKind::ExecutionCompleted { orchestration_status, result, failure_details } => Some((
-            *orchestration_status,
-            failure_details.as_ref().map(ToString::to_string).or_else(|| result.clone()),
-        )),
-        _ => None,
-    })
-}
-
-fn history_execution(events: &[HistoryEvent]) -> Option<&str> {
-    events.iter().find_map(|e| match &e.kind {
-        EventKind::ExecutionStarted(s) => s.orchestration_instance.execution_id.as_deref(),
-        _ => None,
-    })
 }
 
 async fn prefetch(inner: &Arc<Inner>, instance_id: String, queue: String, batch: Vec<Buffered>) {
@@ -1012,14 +981,57 @@ async fn prefetch(inner: &Arc<Inner>, instance_id: String, queue: String, batch:
     }
 }
 
-/// Loads state for a batch and applies the provider-side checks. `Ok(None)`: nothing to run
-/// (everything was discarded or deferred).
-async fn build(
-    inner: &Arc<Inner>,
+/// What a prefetch knows of an instance while it decides.
+struct Loaded {
+    history: LoadedHistory,
+    instance_etag: Option<String>,
+    /// The Instances row once read (`Some(None)`: there is none).
+    row: Option<Option<InstanceRow>>,
+}
+
+impl Loaded {
+    fn row_state(&self) -> RowState {
+        match &self.row {
+            None => RowState::Unknown,
+            Some(None) => RowState::Absent,
+            Some(Some(r)) => RowState::Present(RowView::from(&r.state)),
+        }
+    }
+
+    fn row(&self) -> Option<&InstanceRow> {
+        self.row.as_ref().and_then(Option::as_ref)
+    }
+
+    /// Reads the row; its ETag is the one the checkpoint writes under.
+    async fn read_row(&mut self, inner: &Inner, instance_id: &str) -> StorageResult<()> {
+        let r = tracking::read_instance(inner, instance_id, false).await?;
+        self.instance_etag = r.as_ref().and_then(|r| r.etag.clone());
+        self.row = Some(r);
+        Ok(())
+    }
+
+    async fn read_history(&mut self, inner: &Inner, instance_id: &str) -> StorageResult<()> {
+        let h = tracking::read_history(inner, instance_id).await?;
+        tracing::debug!(
+            instance_id,
+            events = h.events.len(),
+            sentinel_etag = h.sentinel_etag.as_deref().unwrap_or(""),
+            latest = ?h.events.iter().rev().take(10).map(|e| e.event_type().as_str()).collect::<Vec<_>>(),
+            "FetchedInstanceHistory"
+        );
+        self.history = h;
+        Ok(())
+    }
+}
+
+/// Loads the history (the owner's cache, or storage) and the row where the checkpoint or the
+/// admission will need it.
+async fn load(
+    inner: &Inner,
     instance_id: &str,
     queue: &str,
-    batch: Vec<Buffered>,
-) -> Result<Option<Prepared>, (ProviderError, Vec<Buffered>)> {
+    batch: &[Buffered],
+) -> StorageResult<Loaded> {
     let (cached, force) = {
         let b = inner.control.lock();
         (
@@ -1028,42 +1040,29 @@ async fn build(
         )
     };
     let has_start = batch.iter().any(|m| is_top_level_start(&m.message));
-    let needs_row = |history_empty: bool, etag_known: bool| {
-        has_start || history_empty || (inner.settings.use_instance_table_etag && !etag_known)
-    };
-    let fail = |e: crate::storage::StorageError, batch: Vec<Buffered>| {
-        (super::provider_error("prefetch", e), batch)
-    };
-
-    // History: the owner's cache, or storage.
-    let (mut history, mut instance_etag, cache_hit) = match cached {
-        Some(c) => (
-            LoadedHistory {
+    let cache_hit = cached.is_some();
+    let mut loaded = match cached {
+        Some(c) => Loaded {
+            history: LoadedHistory {
                 events: c.events,
                 sentinel_etag: c.sentinel_etag,
                 blobs: c.blobs,
                 row_blobs: c.row_blobs,
                 from_storage: false,
             },
-            c.instance_etag,
-            true,
-        ),
-        None => (LoadedHistory::default(), None, false),
+            instance_etag: c.instance_etag,
+            row: None,
+        },
+        None => Loaded { history: LoadedHistory::default(), instance_etag: None, row: None },
     };
-    let mut row: Option<InstanceRow> = None;
-    let mut row_read = false;
     if !cache_hit {
         // A brand-new instance (first delivery of its first start, Generation 0 row) has no
         // history yet: skip the read and insert the sentinel; a 409 means we were wrong and the
         // next attempt reads.
         if has_start && !force && batch.iter().all(|m| m.dequeue_count == 1) {
-            match tracking::read_instance(inner, instance_id, false).await {
-                Ok(r) => row = r,
-                Err(e) => return Err(fail(e, batch)),
-            }
-            row_read = true;
+            loaded.read_row(inner, instance_id).await?;
         }
-        let fresh = row.as_ref().is_some_and(|r| {
+        let fresh = loaded.row().is_some_and(|r| {
             r.state.orchestration_status == OrchestrationStatus::Pending
                 && r.state.generation.unwrap_or(0) == 0
                 && batch.iter().any(|m| match &m.message.event.kind {
@@ -1075,253 +1074,130 @@ async fn build(
                 })
         });
         if !fresh {
-            match tracking::read_history(inner, instance_id).await {
-                Ok(h) => {
-                    tracing::debug!(
-                        instance_id,
-                        events = h.events.len(),
-                        sentinel_etag = h.sentinel_etag.as_deref().unwrap_or(""),
-                        latest = ?h.events.iter().rev().take(10).map(|e| e.event_type().as_str()).collect::<Vec<_>>(),
-                        "FetchedInstanceHistory"
-                    );
-                    history = h;
-                }
-                Err(e) => return Err(fail(e, batch)),
-            }
+            loaded.read_history(inner, instance_id).await?;
         }
     }
-    if !row_read && needs_row(history.events.is_empty(), instance_etag.is_some()) {
-        match tracking::read_instance(inner, instance_id, false).await {
-            Ok(r) => row = r,
-            Err(e) => return Err(fail(e, batch)),
-        }
-        row_read = true;
+    let needs_row = has_start
+        || loaded.history.events.is_empty()
+        || (inner.settings.use_instance_table_etag && loaded.instance_etag.is_none());
+    if loaded.row.is_none() && needs_row {
+        loaded.read_row(inner, instance_id).await?;
     }
-    if row_read {
-        instance_etag = row.as_ref().and_then(|r| r.etag.clone());
-    }
-
     // A cached history can be stale (the partition moved away and back while another worker
     // ran the instance). A response whose scheduling event is missing from it is then not out of
     // order at all: read storage before deciding, or the response would be deferred forever.
-    if cache_hit
-        && batch
-            .iter()
-            .filter_map(|m| response_target(&m.message))
-            .any(|(target, is_timer)| !scheduled_in(&history.events, target, is_timer))
-    {
-        match tracking::read_history(inner, instance_id).await {
-            Ok(h) => history = h,
-            Err(e) => return Err(fail(e, batch)),
-        }
-        match tracking::read_instance(inner, instance_id, false).await {
-            Ok(r) => {
-                instance_etag = r.as_ref().and_then(|r| r.etag.clone());
-                row = r;
-                row_read = true;
-            }
-            Err(e) => return Err(fail(e, batch)),
-        }
+    if cache_hit && answers_unknown_events(&loaded.history.events, &candidates(batch)) {
+        loaded.read_history(inner, instance_id).await?;
+        loaded.read_row(inner, instance_id).await?;
     }
+    Ok(loaded)
+}
 
-    let now = inner.clock.now();
-    let current_exec = history_execution(&history.events).map(str::to_owned);
-    let mut keep: Vec<Buffered> = Vec::new();
-    let mut discard: Vec<Buffered> = Vec::new();
-    let mut defer: Vec<(Buffered, Duration)> = Vec::new();
-    let mut reread_done = false;
-    for m in batch {
-        if is_top_level_start(&m.message) && !inner.settings.disable_execution_started_deduplication
-        {
-            let EventKind::ExecutionStarted(s) = &m.message.event.kind else { continue };
-            let msg_exec = s.orchestration_instance.execution_id.clone();
-            if row.is_none() && m.dequeue_count <= 1 && !reread_done {
-                // The client enqueues before it writes the row: give it a moment once.
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                reread_done = true;
-                match tracking::read_instance(inner, instance_id, false).await {
-                    Ok(r) => {
-                        instance_etag = r.as_ref().and_then(|r| r.etag.clone());
-                        row = r;
-                    }
-                    Err(e) => {
-                        let mut back = vec![m];
-                        back.extend(keep);
-                        return Err(fail(e, back));
-                    }
+/// Asks the admission rules, reading the row when they need it, and performs the instance
+/// write they decide on.
+async fn decide(
+    inner: &Inner,
+    instance_id: &str,
+    batch: &[Buffered],
+    loaded: &mut Loaded,
+) -> StorageResult<Decision> {
+    let rules = admission_rules(&inner.settings);
+    let messages = candidates(batch);
+    let mut reread = false;
+    let mut decision = loop {
+        let row = loaded.row_state();
+        let input = AdmissionInput {
+            messages: &messages,
+            history: &loaded.history.events,
+            row: &row,
+            row_reread: reread,
+            now: inner.clock.now(),
+            rules: &rules,
+        };
+        match admit(&input) {
+            Admission::Decided(d) => break d,
+            // Terminates: after a read the row is known, and the moment's wait is asked once.
+            Admission::NeedsRow { after } => {
+                if !after.is_zero() {
+                    tokio::time::sleep(after).await;
+                    reread = true;
                 }
-            }
-            match &row {
-                None => {
-                    if m.dequeue_count >= ORPHAN_START_DEQUEUE_COUNT {
-                        tracing::warn!(
-                            instance_id,
-                            "DuplicateMessageDetected: start without an Instances row; discarding"
-                        );
-                        discard.push(m);
-                    } else {
-                        let d = Duration::from_millis(500 * m.dequeue_count);
-                        defer.push((m, d));
-                    }
-                }
-                Some(r) if r.state.orchestration_instance.execution_id == msg_exec => {
-                    let never_started = current_exec.as_deref() != msg_exec.as_deref();
-                    if r.state.orchestration_status.is_terminal() && never_started {
-                        tracing::info!(
-                            instance_id,
-                            "DiscardingWorkItem: instance was terminated before it started"
-                        );
-                        discard.push(m);
-                    } else {
-                        keep.push(m);
-                    }
-                }
-                Some(r) => {
-                    if r.state.created_time > m.message.event.timestamp
-                        || m.dequeue_count >= ORPHAN_START_DEQUEUE_COUNT
-                    {
-                        tracing::warn!(
-                            instance_id,
-                            "DuplicateMessageDetected: stale ExecutionStarted discarded"
-                        );
-                        discard.push(m);
-                    } else {
-                        let d = Duration::from_millis(500 * m.dequeue_count);
-                        defer.push((m, d));
-                    }
-                }
-            }
-            continue;
-        }
-        if let Some((target, is_timer)) = response_target(&m.message) {
-            let in_order = scheduled_in(&history.events, target, is_timer);
-            let zombie = history.events.is_empty() && m.dequeue_count > ZOMBIE_DEQUEUE_COUNT;
-            let other_exec =
-                m.message.orchestration_instance.execution_id.as_deref().is_some_and(|e| {
-                    !e.is_empty() && current_exec.as_deref().is_some_and(|c| c != e)
-                });
-            if !in_order && !zombie && !other_exec {
-                tracing::warn!(
-                    instance_id, message_id = %m.id, task_event_id = target,
-                    dequeue_count = m.dequeue_count, "ReceivedOutOfOrderMessage"
-                );
-                let d = poison_backoff(m.dequeue_count).min(Duration::from_secs(30));
-                defer.push((m, d));
-                continue;
+                loaded.read_row(inner, instance_id).await?;
             }
         }
-        keep.push(m);
+    };
+    match decision.action.clone() {
+        Some(InstanceAction::TerminatePending { reason }) => {
+            if let Some(r) = loaded.row() {
+                terminate_pending(inner, r, reason, inner.clock.now()).await;
+            }
+        }
+        Some(InstanceAction::RepairRow { status }) => {
+            let events = &loaded.history.events;
+            let repaired = repair_row(inner, instance_id, events, loaded.row(), status).await;
+            if !repaired {
+                decision.repair_failed();
+            }
+        }
+        None => {}
     }
+    decision.log(instance_id, &messages);
+    Ok(decision)
+}
 
-    // Executability.
-    // Only a start of another execution (a new instance or a recreation) bypasses the checks
-    // below. A redelivered start of the current execution (its first checkpoint died before
-    // deleting it) must not: batched with the response of a terminal history whose Instances row
-    // was never written, it used to send the batch to the dispatcher, which discarded it, and the
-    // row stayed Running forever instead of being repaired from history.
-    let started_in_batch = keep.iter().any(|m| match &m.message.event.kind {
-        EventKind::ExecutionStarted(s) => {
-            current_exec.is_none()
-                || s.orchestration_instance.execution_id.as_deref() != current_exec.as_deref()
-        }
-        _ => false,
-    });
-    if !keep.is_empty() && !started_in_batch {
-        if current_exec.is_none() {
-            if !row_read {
-                match tracking::read_instance(inner, instance_id, false).await {
-                    Ok(r) => {
-                        instance_etag = r.as_ref().and_then(|r| r.etag.clone());
-                        row = r;
-                    }
-                    Err(e) => {
-                        let mut back = keep;
-                        back.extend(defer.into_iter().map(|(m, _)| m));
-                        back.extend(discard);
-                        return Err(fail(e, back));
-                    }
-                }
-            }
-            match row.as_ref().map(|r| r.state.orchestration_status) {
-                Some(OrchestrationStatus::Pending) => {
-                    let terminate = keep.iter().find_map(|m| match &m.message.event.kind {
-                        EventKind::ExecutionTerminated { input } => Some(input.clone()),
-                        _ => None,
-                    });
-                    if let (Some(reason), Some(r)) = (terminate, row.as_ref()) {
-                        terminate_pending(inner, r, reason, now).await;
-                        discard.append(&mut keep);
-                    } else {
-                        let due = row
-                            .as_ref()
-                            .and_then(|r| r.state.scheduled_start_time)
-                            .map(|t| t - now)
-                            .and_then(|d| Duration::try_from(d).ok())
-                            .unwrap_or(Duration::from_secs(1))
-                            .clamp(Duration::from_millis(500), MAX_VISIBILITY);
-                        for m in keep.drain(..) {
-                            defer.push((m, due));
-                        }
-                    }
-                }
-                _ => {
-                    tracing::warn!(
-                        instance_id,
-                        count = keep.len(),
-                        "DiscardingWorkItem: no such instance"
-                    );
-                    discard.append(&mut keep);
-                }
-            }
-        } else if let Some((status, output)) = history_status(&history.events)
-            && !inner.settings.allow_replaying_terminal_instances
-        {
-            if repair_row(inner, instance_id, &history.events, row.as_ref(), status, output, now)
-                .await
-            {
-                tracing::warn!(
-                    instance_id,
-                    status = status.as_str(),
-                    count = keep.len(),
-                    "DiscardingWorkItem: instance is terminal"
-                );
-                discard.append(&mut keep);
-            } else {
-                // The row still disagrees with history: keep the messages (they are what brings
-                // the instance back here) so the repair is retried, or the row stays stale.
-                for m in keep.drain(..) {
-                    let d = poison_backoff(m.dequeue_count).min(Duration::from_secs(10));
-                    defer.push((m, d));
-                }
+/// Loads state for a batch and applies the admission rules. `Ok(None)`: nothing to run
+/// (everything was discarded or deferred).
+async fn build(
+    inner: &Arc<Inner>,
+    instance_id: &str,
+    queue: &str,
+    batch: Vec<Buffered>,
+) -> Result<Option<Prepared>, (ProviderError, Vec<Buffered>)> {
+    let fail = |e: crate::storage::StorageError, batch: Vec<Buffered>| {
+        (super::provider_error("prefetch", e), batch)
+    };
+    let mut loaded = match load(inner, instance_id, queue, &batch).await {
+        Ok(l) => l,
+        Err(e) => return Err(fail(e, batch)),
+    };
+    let decision = match decide(inner, instance_id, &batch, &mut loaded).await {
+        Ok(d) => d,
+        Err(e) => return Err(fail(e, batch)),
+    };
+    let mut keep = Vec::new();
+    let mut discard = Vec::new();
+    for (m, verdict) in batch.into_iter().zip(decision.verdicts) {
+        match verdict {
+            Verdict::Run => keep.push(m),
+            Verdict::Discard(_) => discard.push(MessageRef::of(&m)),
+            Verdict::Defer { after, .. } => {
+                defer_messages(inner, std::slice::from_ref(&m), after).await;
             }
         }
     }
-
-    // Apply discards and deferrals.
     if !discard.is_empty() {
-        let refs: Vec<MessageRef> = discard.iter().map(MessageRef::of).collect();
-        delete_messages(inner, &refs).await;
-    }
-    for (m, d) in &defer {
-        defer_messages(inner, std::slice::from_ref(m), *d).await;
+        delete_messages(inner, &discard).await;
     }
     if keep.is_empty() {
         return Ok(None);
     }
+    let row_read = loaded.row.is_some();
+    let instance_exists = !row_read || loaded.row().is_some();
+    let mut history = loaded.history;
     // A row that was not there is not known to stay absent: a sub-orchestration's parent inserts
     // the child's Pending row (with its large input in a row-owned blob) just after it sends the
     // start, so the child's first checkpoint may overwrite a row it never saw. `None` makes that
     // checkpoint work out the row-owned blobs the replaced row can have held.
     if row_read {
-        history.row_blobs = row.as_ref().map(|r| r.blobs.clone());
+        history.row_blobs = loaded.row.as_ref().and_then(|r| r.as_ref()).map(|r| r.blobs.clone());
     }
     Ok(Some(Prepared {
         instance_id: instance_id.to_owned(),
         queue: queue.to_owned(),
         messages: keep,
         history,
-        instance_etag,
-        instance_exists: !row_read || row.is_some(),
+        instance_etag: loaded.instance_etag,
+        instance_exists,
     }))
 }
 
@@ -1362,41 +1238,24 @@ async fn terminate_pending(
     }
 }
 
-/// History is the source of truth: when the Instances row disagrees with a terminal history of
-/// the same execution (a worker died between the two writes), rewrite the row from history.
-/// Returns whether the row now agrees with history (already did, or was repaired).
+/// History is the source of truth: the Instances row disagrees with a terminal history of the
+/// same execution (a worker died between the two writes), so rewrite the row from history.
+/// Returns whether the row now agrees with history.
 async fn repair_row(
     inner: &Inner,
     instance_id: &str,
     events: &[HistoryEvent],
     row: Option<&InstanceRow>,
     status: OrchestrationStatus,
-    _output: Option<String>,
-    now: OffsetDateTime,
 ) -> bool {
-    let exec = history_execution(events).map(str::to_owned);
-    let row = match row {
-        Some(r) => Some(r.clone()),
-        None => match tracking::read_instance(inner, instance_id, false).await {
-            Ok(r) => r,
-            Err(_) => return false,
-        },
-    };
-    let agrees = row.as_ref().is_some_and(|r| {
-        r.state.orchestration_instance.execution_id != exec
-            || r.state.orchestration_status == status
-    });
-    if agrees {
-        return true;
-    }
     let Ok(rt) = durabletask_core::OrchestrationRuntimeState::from_history(events.to_vec()) else {
         return true; // nothing sensible to write; do not hold messages for it
     };
-    let custom = row.as_ref().and_then(|r| r.state.status.clone());
-    let Some(state) = rt.to_state(custom, now) else { return true };
+    let custom = row.and_then(|r| r.state.status.clone());
+    let Some(state) = rt.to_state(custom, inner.clock.now()) else { return true };
     let result = async {
         let entity = tracking::instance_entity(inner, &state, true).await?;
-        let mode = match row.and_then(|r| r.etag) {
+        let mode = match row.and_then(|r| r.etag.clone()) {
             Some(etag) => crate::storage::WriteMode::Replace(Some(etag)),
             None => crate::storage::WriteMode::Insert,
         };

@@ -822,7 +822,11 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             };
             let Some(m) = next else {
                 let misses = a.misses.fetch_add(1, Ordering::Relaxed);
-                let wait = backoff_delay(misses, inner.settings.max_queue_polling_interval);
+                let wait = durabletask_core::backoff::poll(
+                    misses,
+                    inner.settings.max_queue_polling_interval,
+                    rand::random(),
+                );
                 let sleep_until = (tokio::time::Instant::now() + wait).min(deadline);
                 tokio::select! {
                     () = tokio::time::sleep_until(sleep_until) => {}
@@ -1001,34 +1005,9 @@ impl OrchestrationService for AzureStorageOrchestrationService {
     }
 }
 
-/// Randomized exponential poll back-off: 0, 50 ms, then `50 + rand[0.8,1.2] * 2^(k-1) * 50` ms,
-/// capped (DTF `BackoffPollingHelper`).
-pub(crate) fn backoff_delay(misses: u32, max: Duration) -> Duration {
-    if misses == 0 {
-        return Duration::from_millis(50);
-    }
-    let factor: f64 = rand::random::<f64>().mul_add(0.4, 0.8);
-    let exp = 2f64.powi(i32::try_from(misses.min(20)).unwrap_or(20) - 1);
-    Duration::from_secs_f64((50.0 + factor * exp * 50.0) / 1000.0).min(max)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn poll_backoff_grows_randomized_and_capped() {
-        let max = Duration::from_secs(30);
-        assert_eq!(backoff_delay(0, max), Duration::from_millis(50));
-        for misses in 1..40 {
-            let d = backoff_delay(misses, max);
-            let base = 50.0 * 2f64.powi(i32::try_from(misses.min(20)).unwrap() - 1);
-            let lo = Duration::from_secs_f64((50.0 + 0.8 * base) / 1000.0).min(max);
-            let hi = Duration::from_secs_f64((50.0 + 1.2 * base) / 1000.0).min(max);
-            assert!(d >= lo && d <= hi, "{misses}: {d:?} not in {lo:?}..{hi:?}");
-        }
-        assert_eq!(backoff_delay(30, max), max);
-    }
 
     #[test]
     fn poison_backoff_is_dtf_min_2_pow_n_600() {

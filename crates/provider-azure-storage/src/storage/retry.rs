@@ -48,7 +48,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     fn delay(&self, retry: u32) -> Duration {
-        let exp = self.base_delay.saturating_mul(1u32 << retry.min(16)).min(self.max_delay);
+        let exp = durabletask_core::backoff::doubling(self.base_delay, retry, self.max_delay);
         exp.mul_f64(rand::random::<f64>() + 0.5).min(self.max_delay)
     }
 }
