@@ -125,6 +125,7 @@ pub(crate) fn tidy() -> Result<ExitCode> {
     let meta = metadata()?;
     check_layering(&meta)?;
     check_core_has_no_azure(&meta)?;
+    crate::structure::check_service(&crate::project_root())?;
     println!("tidy: ok");
     Ok(ExitCode::SUCCESS)
 }

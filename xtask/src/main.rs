@@ -16,6 +16,7 @@ mod bench;
 mod ci;
 mod demo;
 mod stress;
+mod structure;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};

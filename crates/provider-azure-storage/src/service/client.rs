@@ -1,8 +1,8 @@
 //! The client side: create (enqueue first, then the Instances row), send, state, history, query
 //! with continuation, purge.
 
+use super::outbound::{send, send_with};
 use super::tracking::{self, InstanceRow};
-use super::worker::{send, send_with};
 use super::{AzureStorageOrchestrationService, perr, provider_error};
 use crate::keys::{SENTINEL_ROW_KEY, escape_partition_key};
 use crate::storage::{BatchOp, StorageErrorKind, TableContinuation, TableEntity, WriteMode};
@@ -236,7 +236,7 @@ impl OrchestrationServiceClient for AzureStorageOrchestrationService {
         let inner = &self.inner;
         let id = start.orchestration_instance.instance_id.clone();
         check_id(OP, &id)?;
-        super::worker::check_message_size(inner, &start, OP)?;
+        super::outbound::check_message_size(inner, &start, OP)?;
         let EventKind::ExecutionStarted(started) = &mut start.event.kind else {
             return Err(perr(
                 ProviderErrorKind::InvalidInput,
@@ -295,7 +295,7 @@ impl OrchestrationServiceClient for AzureStorageOrchestrationService {
         for attempt in 1..=MAX_CREATE_ATTEMPTS {
             let err = match self.write_new_execution(&state, existing.as_ref()).await {
                 Ok(()) => {
-                    let (partition, queue) = super::control::control_queue_of(inner, &id);
+                    let (partition, queue) = super::buffer::control_queue_of(inner, &id);
                     if delay.is_zero() && inner.partitions.is_owned(&queue) {
                         inner.control.wake(partition);
                     }

@@ -1,14 +1,37 @@
 //! [`AzureStorageOrchestrationService`]: the core provider traits over Azure Storage.
 //!
-//! * `control`: partition listener, control-queue pollers, the per-instance message buffer and
-//!   the background prefetch that turns a buffered batch into a ready work item.
+//! * `buffer`: the worker-wide control-queue bookkeeping (buffered, held, in-flight and prepared
+//!   messages, the history cache) and [`ProviderStats`].
+//! * `poller`: one control-queue poller per owned partition.
+//! * `messages`: decoding, poison handling, visibility changes and deletes of received messages.
+//! * `prefetch`: a buffered batch, its history and row, the admission rules -> a prepared work
+//!   item.
+//! * `listener`: the partition listener that starts, drains and drops pollers.
+//! * `hub`: queue lengths and ownership ([`HubInfo`]).
+//!
+//! Life of an instance's messages: a poller receives and decodes them (large envelopes are
+//! downloaded; undecodable ones back off and are quarantined), re-arms timers that are not due
+//! yet, and buffers them by instance. An instance with buffered messages and no work in progress
+//! becomes *busy*: its batch is taken and a prefetch task loads its history (from the owner's
+//! cache when the sentinel ETag is known) and, when needed, its Instances row; applies the
+//! admission rules; and queues the result as a prepared work item. Messages that arrive while an
+//! instance is busy wait in the buffer for the next work item (one work item per instance at a
+//! time).
 //! * `worker`: [`OrchestrationService`](durabletask_core::OrchestrationService), the checkpoint
 //!   in its exact order, the activity work-item queue.
 //! * `client`: [`OrchestrationServiceClient`](durabletask_core::OrchestrationServiceClient): create,
 //!   send, state, history, query, purge.
 
+mod buffer;
+mod checkpoint;
 mod client;
-mod control;
+mod hub;
+mod listener;
+mod messages;
+mod outbound;
+mod poller;
+mod prefetch;
+mod session;
 mod tracking;
 mod worker;
 
@@ -28,7 +51,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
-pub use control::{ControlQueueStats, HubInfo, ProviderStats};
+pub use buffer::{ControlQueueStats, ProviderStats};
+pub use hub::HubInfo;
 
 /// The storage clients a provider runs over. [`StorageStack::azure`] builds the real one; tests
 /// wrap the same traits with fault injection.
@@ -117,9 +141,11 @@ pub(crate) struct Inner {
     pub(crate) large: LargePayloads,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) partitions: Arc<dyn PartitionManager>,
-    pub(crate) control: control::ControlState,
-    pub(crate) activities: worker::ActivityState,
-    pub(crate) io: tokio::sync::Semaphore,
+    pub(crate) control: buffer::ControlState,
+    pub(crate) activities: session::ActivityState,
+    /// Enforces `max_storage_operation_concurrency` on every storage call (under the retries,
+    /// so a retry's back-off holds no permit).
+    pub(crate) limiter: Arc<crate::storage::ConcurrencyLimitedStorage>,
     pub(crate) crash_hook: Option<Arc<dyn CrashHook>>,
     pub(crate) sequence: AtomicI64,
 }
@@ -182,11 +208,17 @@ impl AzureStorageOrchestrationService {
         if pm.fence_margin >= settings.lease_interval / 2 {
             pm.fence_margin = settings.lease_interval / 4;
         }
-        // Calls that are safe to repeat are retried on transient failures (see `RetryingStorage`).
+        // At most `max_storage_operation_concurrency` calls of any kind at once (partition
+        // leases included), then retries of the calls that are safe to repeat on transient
+        // failures (see `RetryingStorage`).
+        let limiter = crate::storage::ConcurrencyLimitedStorage::over(
+            &storage,
+            settings.max_storage_operation_concurrency,
+        );
         let retrying = Arc::new(RetryingStorage::new(
-            storage.queues.clone(),
-            storage.tables.clone(),
-            storage.blobs.clone(),
+            limiter.clone(),
+            limiter.clone(),
+            limiter.clone(),
             RetryPolicy::default(),
         ));
         let storage = StorageStack {
@@ -211,11 +243,10 @@ impl AzureStorageOrchestrationService {
             names.large_messages_container.clone(),
             storage.large_messages_container_url.clone(),
         );
-        let io = tokio::sync::Semaphore::new(settings.max_storage_operation_concurrency.max(1));
         Ok(Self {
             inner: Arc::new(Inner {
-                control: control::ControlState::new(&names),
-                activities: worker::ActivityState::default(),
+                control: buffer::ControlState::new(&names),
+                activities: session::ActivityState::default(),
                 settings,
                 names,
                 queues: storage.queues,
@@ -225,11 +256,17 @@ impl AzureStorageOrchestrationService {
                 large,
                 clock,
                 partitions,
-                io,
+                limiter,
                 crash_hook,
                 sequence: AtomicI64::new(0),
             }),
         })
+    }
+
+    /// The limiter every storage call goes through (`max_storage_operation_concurrency`): its
+    /// call count and the most calls it saw running at once.
+    pub fn storage_limiter(&self) -> &crate::storage::ConcurrencyLimitedStorage {
+        &self.inner.limiter
     }
 
     /// Storage calls made so far, by kind.
@@ -275,7 +312,7 @@ impl AzureStorageOrchestrationService {
     /// # Errors
     /// When storage fails.
     pub async fn hub_info(&self) -> Result<HubInfo, ProviderError> {
-        control::hub_info(&self.inner).await
+        hub::hub_info(&self.inner).await
     }
 }
 

@@ -11,6 +11,7 @@ use super::{
 use crate::StorageStack;
 use async_trait::async_trait;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -22,6 +23,8 @@ pub struct ConcurrencyLimitedStorage {
     blobs: Arc<dyn BlobStore>,
     permits: Semaphore,
     max_concurrent: usize,
+    calls: AtomicU64,
+    peak: AtomicUsize,
 }
 
 impl ConcurrencyLimitedStorage {
@@ -33,7 +36,15 @@ impl ConcurrencyLimitedStorage {
         max_concurrent: usize,
     ) -> Self {
         let max_concurrent = max_concurrent.max(1);
-        Self { queues, tables, blobs, permits: Semaphore::new(max_concurrent), max_concurrent }
+        Self {
+            queues,
+            tables,
+            blobs,
+            permits: Semaphore::new(max_concurrent),
+            max_concurrent,
+            calls: AtomicU64::new(0),
+            peak: AtomicUsize::new(0),
+        }
     }
 
     /// A decorator over the clients of `stack`.
@@ -67,11 +78,24 @@ impl ConcurrencyLimitedStorage {
         self.max_concurrent.saturating_sub(self.permits.available_permits())
     }
 
+    /// Calls that went through the limiter so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// The most calls seen running at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
     async fn permit(&self, operation: &'static str) -> StorageResult<SemaphorePermit<'_>> {
         // The semaphore is never closed; an error here would be a bug, reported, not a panic.
-        self.permits.acquire().await.map_err(|_| {
+        let permit = self.permits.acquire().await.map_err(|_| {
             StorageError::new(StorageErrorKind::Permanent, operation, "concurrency limiter closed")
-        })
+        })?;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.peak.fetch_max(self.in_flight(), Ordering::Relaxed);
+        Ok(permit)
     }
 }
 

@@ -7,6 +7,7 @@ mod capture;
 mod conformance;
 mod fidelity;
 mod instance_ids;
+mod limits;
 mod liveness;
 mod partitions;
 mod provider;
