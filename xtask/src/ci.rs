@@ -152,6 +152,10 @@ const ALLOWED_EDGES: &[(&str, &[&str])] = &[
     ("durabletask-partition-manager", &["durabletask-core"]),
     ("durabletask-azure-storage", &["durabletask-core", "durabletask-partition-manager"]),
     ("durabletask-worker-host", &["durabletask-core", "durabletask-azure-storage"]),
+    (
+        "durabletask-cli",
+        &["durabletask-core", "durabletask-azure-storage", "durabletask-worker-host"],
+    ),
     ("durabletask-testkit", &["durabletask-core", "durabletask-partition-manager"]),
     (
         "durabletask-chaos",

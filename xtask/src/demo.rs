@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use std::process::ExitCode;
 
 /// The demo binary (crates/worker-host/src/bin/demo.rs).
-const PACKAGE: &str = "durabletask-worker-host";
+const PACKAGE: &str = "durabletask-cli";
 const BIN: &str = "durabletask-demo";
 
 /// `DTF_*` variables that would conflict with the Azurite connection the demo is given.

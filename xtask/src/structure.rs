@@ -1,7 +1,7 @@
 //! Source-structure checks of `cargo xtask tidy` for the Azure provider's `service/` modules:
 //! no import cycle between them (a module names a sibling as `super::name`; the facade
 //! `mod.rs`, which re-exports and holds the shared state, is not a node), and no function longer
-//! than [`MAX_FN_LINES`] lines apart from the listed debt (which may only shrink).
+//! than [`MAX_FN_LINES`] lines (apart from listed debt, which may only shrink; none is listed).
 
 use anyhow::{Result, bail};
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,9 +10,9 @@ use std::path::Path;
 /// The longest function allowed in `service/`.
 pub(crate) const MAX_FN_LINES: usize = 80;
 
-/// Functions known to be longer (name, current length): to be split, never to grow.
-const LONG_FN_DEBT: &[(&str, usize)] =
-    &[("create_orchestration", 137), ("poll_loop", 165), ("lock_next_activity_work_item", 86)];
+/// Functions known to be longer (name, current length): to be split, never to grow. Empty: every
+/// function of `service/` is within the limit.
+const LONG_FN_DEBT: &[(&str, usize)] = &[];
 
 /// Module name -> the sibling modules its code (not its comments) refers to.
 pub(crate) fn module_graph(dir: &Path) -> Result<BTreeMap<String, BTreeSet<String>>> {

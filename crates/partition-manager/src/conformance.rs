@@ -719,8 +719,9 @@ pub async fn lost_write_answers_do_not_block_partitions(cfg: &ConformanceConfig)
     c.set_answers_lost(&w, false);
     let took = c.wait_balanced("owns everything once answers come back").await;
     // A lease taken under a lost answer in the first pass expires `lease - lossy` after the
-    // answers come back; taking over only then is the fault this catches.
-    let bound = cfg.settings.lease_interval.saturating_sub(lossy) * 3 / 4;
+    // answers come back: owning everything before then shows that no partition waited for such
+    // an expiry (a slow store may make the passes themselves take seconds).
+    let bound = cfg.settings.lease_interval.saturating_sub(lossy);
     assert!(
         took < bound,
         "owning every partition took {took:?} after the answers came back: leases taken under \

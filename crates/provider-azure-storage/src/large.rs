@@ -266,57 +266,9 @@ mod tests {
         }
     }
 
-    #[derive(Debug)]
-    struct NoBlobs;
-    #[async_trait::async_trait]
-    impl BlobStore for NoBlobs {
-        async fn create_container_if_not_exists(&self, _: &str) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn delete_container_if_exists(&self, _: &str) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn put_blob(
-            &self,
-            _: &str,
-            _: &str,
-            _: Vec<u8>,
-            _: Option<&str>,
-        ) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn get_blob(&self, _: &str, _: &str) -> StorageResult<Option<Vec<u8>>> {
-            unreachable!()
-        }
-        async fn delete_blob_if_exists(&self, _: &str, _: &str) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn list_blobs(&self, _: &str, _: &str) -> StorageResult<Vec<String>> {
-            unreachable!()
-        }
-        async fn acquire_lease(
-            &self,
-            _: &str,
-            _: &str,
-            _: std::time::Duration,
-            _: &str,
-        ) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn renew_lease(&self, _: &str, _: &str, _: &str) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn release_lease(&self, _: &str, _: &str, _: &str) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn change_lease(&self, _: &str, _: &str, _: &str, _: &str) -> StorageResult<()> {
-            unreachable!()
-        }
-    }
-
     fn payloads() -> LargePayloads {
         LargePayloads::new(
-            Arc::new(NoBlobs),
+            Arc::new(crate::storage::InMemoryStorage::new()),
             "hub-largemessages".into(),
             "http://127.0.0.1:1/devstoreaccount1/hub-largemessages/".into(),
         )

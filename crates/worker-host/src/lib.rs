@@ -1,5 +1,6 @@
 //! `TaskHubWorker` for durabletask-rs: registration, settings, connection, graceful shutdown,
-//! readiness, tracing setup, the sample orchestrations and the `durabletask` operator CLI.
+//! readiness, tracing setup and the sample orchestrations (the operator CLI is
+//! `durabletask-cli`).
 //!
 //! * [`HostSettings`]: where storage is and how the provider is tuned, from code or `DTF_*`
 //!   environment variables ([`KNOWN_VARS`]).
@@ -21,7 +22,6 @@ mod config;
 mod host;
 mod hub;
 pub mod samples;
-pub mod table;
 mod tracing_setup;
 
 pub use config::{ConfigError, DEFAULT_TASK_HUB, HostSettings, KNOWN_VARS, StorageConnection};

@@ -3,7 +3,7 @@
 
 use super::outbound::{send, send_with};
 use super::tracking::{self, InstanceRow};
-use super::{AzureStorageOrchestrationService, perr, provider_error};
+use super::{AzureStorageOrchestrationService, Inner, perr, provider_error};
 use crate::keys::{SENTINEL_ROW_KEY, escape_partition_key};
 use crate::storage::{BatchOp, StorageErrorKind, TableContinuation, TableEntity, WriteMode};
 use async_trait::async_trait;
@@ -38,6 +38,100 @@ pub(crate) fn start_time_after(
         _ => t,
     };
     t.replace_nanosecond(t.nanosecond() / 100 * 100).unwrap_or(t)
+}
+
+const CREATE: &str = "create_orchestration";
+
+/// Checks a start message and gives it an execution id if it has none; returns the instance
+/// and execution ids.
+fn prepare_start(
+    inner: &Inner,
+    start: &mut TaskMessage,
+) -> Result<(String, String), ProviderError> {
+    let id = start.orchestration_instance.instance_id.clone();
+    check_id(CREATE, &id)?;
+    super::outbound::check_message_size(inner, start, CREATE)?;
+    let EventKind::ExecutionStarted(started) = &mut start.event.kind else {
+        return Err(perr(
+            ProviderErrorKind::InvalidInput,
+            CREATE,
+            "only ExecutionStarted messages create instances",
+        ));
+    };
+    if started.orchestration_instance.execution_id.is_none() {
+        started.orchestration_instance.execution_id = Some(durabletask_core::new_execution_id());
+        start.orchestration_instance.execution_id =
+            started.orchestration_instance.execution_id.clone();
+    }
+    let exec = started.orchestration_instance.execution_id.clone().unwrap_or_default();
+    Ok((id, exec))
+}
+
+/// The Pending row of a new execution replacing `existing`, and how long its start is delayed.
+/// The row's CreatedTime only moves forward: the start de-duplication discards a start older
+/// than the row, so a recreation must be newer than what it replaces.
+fn pending_state(
+    inner: &Inner,
+    start: &mut TaskMessage,
+    existing: Option<&InstanceRow>,
+) -> Result<(OrchestrationState, Duration), ProviderError> {
+    start.event.timestamp =
+        start_time_after(start.event.timestamp, existing.map(|r| r.state.created_time));
+    let timestamp = start.event.timestamp;
+    let EventKind::ExecutionStarted(started) = &mut start.event.kind else {
+        return Err(perr(ProviderErrorKind::InvalidInput, CREATE, "not a start"));
+    };
+    if started.generation.is_none() {
+        started.generation = Some(existing.and_then(|r| r.state.generation).map_or(0, |g| g + 1));
+    }
+    let now = inner.clock.now();
+    let delay = started
+        .scheduled_start_time
+        .map(|t| Duration::try_from(t - now).unwrap_or(Duration::ZERO))
+        .unwrap_or(Duration::ZERO);
+    let mut state = OrchestrationState::pending(started, timestamp);
+    state.last_updated_time = now;
+    Ok((state, delay))
+}
+
+/// After a create's row write lost a race: what the row re-read now says. `None`: retry (the
+/// row is gone, or an older execution wrote it after our read and its start is now stale).
+fn raced_create_outcome(
+    id: &str,
+    exec: &str,
+    state: &OrchestrationState,
+    now_row: Option<&InstanceRow>,
+    dedupe_statuses: &[OrchestrationStatus],
+) -> Option<Result<(), ProviderError>> {
+    let r = now_row?;
+    let queued = |what: String| {
+        format!("{what}; the start message for execution {exec} was queued and will be discarded")
+    };
+    let their_exec = r.state.orchestration_instance.execution_id.as_deref();
+    if their_exec == Some(exec) {
+        return Some(Ok(()));
+    }
+    if dedupe_statuses.contains(&r.state.orchestration_status) {
+        return Some(Err(perr(
+            ProviderErrorKind::Conflict,
+            CREATE,
+            queued(format!(
+                "instance '{id}' was created concurrently (execution {}, status {})",
+                their_exec.unwrap_or("?"),
+                r.state.orchestration_status
+            )),
+        )));
+    }
+    (r.state.created_time >= state.created_time).then(|| {
+        Err(perr(
+            ProviderErrorKind::Superseded,
+            CREATE,
+            format!(
+                "the start message for execution {exec} of '{id}' was queued and will be discarded because execution {} superseded it",
+                their_exec.unwrap_or("?")
+            ),
+        ))
+    })
 }
 
 fn quote(s: &str) -> String {
@@ -155,6 +249,65 @@ impl AzureStorageOrchestrationService {
         Ok(())
     }
 
+    /// Step 2 of a create: the Pending row, after the start was queued. A lost race re-reads the
+    /// row and decides ([`raced_create_outcome`]); every answer says what happened to the
+    /// queued start.
+    async fn write_row_after_send(
+        &self,
+        id: &str,
+        exec: &str,
+        mut state: OrchestrationState,
+        mut existing: Option<InstanceRow>,
+        dedupe_statuses: &[OrchestrationStatus],
+        delay: Duration,
+    ) -> Result<(), ProviderError> {
+        let inner = &self.inner;
+        for attempt in 1..=MAX_CREATE_ATTEMPTS {
+            let err = match self.write_new_execution(&state, existing.as_ref()).await {
+                Ok(()) => {
+                    let (partition, queue) = super::buffer::control_queue_of(inner, id);
+                    if delay.is_zero() && inner.partitions.is_owned(&queue) {
+                        inner.control.wake(partition);
+                    }
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            if !matches!(
+                err.kind(),
+                StorageErrorKind::Conflict | StorageErrorKind::PreconditionFailed
+            ) {
+                return Err(perr(
+                    provider_error(CREATE, err.clone()).kind(),
+                    CREATE,
+                    format!(
+                        "the start message for execution {exec} of '{id}' was queued, then writing the Instances row failed ({err}); unless that write committed anyway, the start will be discarded"
+                    ),
+                )
+                .with_source(err));
+            }
+            // Someone wrote the row since we read it: look at what is there now.
+            existing = tracking::read_instance(inner, id, false)
+                .await
+                .map_err(|e| provider_error(CREATE, e))?;
+            if let Some(outcome) =
+                raced_create_outcome(id, exec, &state, existing.as_ref(), dedupe_statuses)
+            {
+                return outcome;
+            }
+            state.generation =
+                Some(existing.as_ref().and_then(|r| r.state.generation).map_or(0, |g| g + 1));
+            tracing::debug!(instance_id = %id, attempt, "create: Instances row changed; retrying");
+        }
+        Err(perr(
+            ProviderErrorKind::Transient,
+            CREATE,
+            format!(
+                "the Instances row of '{id}' kept changing ({MAX_CREATE_ATTEMPTS} attempts); the start message for execution {exec} was queued and will be discarded"
+            ),
+        ))
+    }
+
     /// Deletes an instance's history rows, blobs and row. Returns whether the row was deleted.
     async fn purge_one(&self, instance_id: &str, row: &TableEntity) -> Result<bool, ProviderError> {
         const OP: &str = "purge_instance";
@@ -232,137 +385,30 @@ impl OrchestrationServiceClient for AzureStorageOrchestrationService {
         mut start: TaskMessage,
         dedupe_statuses: &[OrchestrationStatus],
     ) -> Result<(), ProviderError> {
-        const OP: &str = "create_orchestration";
         let inner = &self.inner;
-        let id = start.orchestration_instance.instance_id.clone();
-        check_id(OP, &id)?;
-        super::outbound::check_message_size(inner, &start, OP)?;
-        let EventKind::ExecutionStarted(started) = &mut start.event.kind else {
-            return Err(perr(
-                ProviderErrorKind::InvalidInput,
-                OP,
-                "only ExecutionStarted messages create instances",
-            ));
-        };
-        if started.orchestration_instance.execution_id.is_none() {
-            started.orchestration_instance.execution_id =
-                Some(durabletask_core::new_execution_id());
-            start.orchestration_instance.execution_id =
-                started.orchestration_instance.execution_id.clone();
-        }
-        let exec = started.orchestration_instance.execution_id.clone().unwrap_or_default();
+        let (id, exec) = prepare_start(inner, &mut start)?;
         // The row is read first: for the dedupe check and so that a recreation's start is newer
         // than the row it replaces.
-        let mut existing =
-            tracking::read_instance(inner, &id, false).await.map_err(|e| provider_error(OP, e))?;
+        let existing = tracking::read_instance(inner, &id, false)
+            .await
+            .map_err(|e| provider_error(CREATE, e))?;
         if let Some(r) = &existing
             && dedupe_statuses.contains(&r.state.orchestration_status)
         {
             return Err(perr(
                 ProviderErrorKind::Conflict,
-                OP,
+                CREATE,
                 format!(
                     "instance '{id}' already exists with status {}; nothing was written",
                     r.state.orchestration_status
                 ),
             ));
         }
-        // The row's CreatedTime only moves forward: the start de-duplication discards a start
-        // older than the row, so a recreation must be newer than what it replaces.
-        start.event.timestamp = start_time_after(
-            start.event.timestamp,
-            existing.as_ref().map(|r| r.state.created_time),
-        );
-        if started.generation.is_none() {
-            started.generation =
-                Some(existing.as_ref().and_then(|r| r.state.generation).map_or(0, |g| g + 1));
-        }
-        let now = inner.clock.now();
-        let delay = started
-            .scheduled_start_time
-            .map(|t| Duration::try_from(t - now).unwrap_or(Duration::ZERO))
-            .unwrap_or(Duration::ZERO);
-        let mut state = OrchestrationState::pending(started, start.event.timestamp);
-        state.last_updated_time = now;
+        let (state, delay) = pending_state(inner, &mut start, existing.as_ref())?;
         // 1. Enqueue the start message. 2. Then write the row (the start de-duplication relies on
         // this order).
         send_with(inner, start, None, None, delay, false).await?;
-        let queued = |what: String| {
-            format!(
-                "{what}; the start message for execution {exec} was queued and will be discarded"
-            )
-        };
-        for attempt in 1..=MAX_CREATE_ATTEMPTS {
-            let err = match self.write_new_execution(&state, existing.as_ref()).await {
-                Ok(()) => {
-                    let (partition, queue) = super::buffer::control_queue_of(inner, &id);
-                    if delay.is_zero() && inner.partitions.is_owned(&queue) {
-                        inner.control.wake(partition);
-                    }
-                    return Ok(());
-                }
-                Err(e) => e,
-            };
-            if !matches!(
-                err.kind(),
-                StorageErrorKind::Conflict | StorageErrorKind::PreconditionFailed
-            ) {
-                return Err(perr(
-                    provider_error(OP, err.clone()).kind(),
-                    OP,
-                    format!(
-                        "the start message for execution {exec} of '{id}' was queued, then writing the Instances row failed ({err}); unless that write committed anyway, the start will be discarded"
-                    ),
-                )
-                .with_source(err));
-            }
-            // Someone wrote the row since we read it: look at what is there now.
-            existing = tracking::read_instance(inner, &id, false)
-                .await
-                .map_err(|e| provider_error(OP, e))?;
-            match &existing {
-                None => {}
-                Some(r)
-                    if r.state.orchestration_instance.execution_id.as_deref() == Some(&exec) =>
-                {
-                    return Ok(());
-                }
-                Some(r) if dedupe_statuses.contains(&r.state.orchestration_status) => {
-                    return Err(perr(
-                        ProviderErrorKind::Conflict,
-                        OP,
-                        queued(format!(
-                            "instance '{id}' was created concurrently (execution {}, status {})",
-                            r.state.orchestration_instance.execution_id.as_deref().unwrap_or("?"),
-                            r.state.orchestration_status
-                        )),
-                    ));
-                }
-                Some(r) if r.state.created_time >= state.created_time => {
-                    return Err(perr(
-                        ProviderErrorKind::Superseded,
-                        OP,
-                        format!(
-                            "the start message for execution {exec} of '{id}' was queued and will be discarded because execution {} superseded it",
-                            r.state.orchestration_instance.execution_id.as_deref().unwrap_or("?")
-                        ),
-                    ));
-                }
-                // An older execution wrote the row after our read: replace it (its start is now
-                // stale).
-                Some(_) => {}
-            }
-            state.generation =
-                Some(existing.as_ref().and_then(|r| r.state.generation).map_or(0, |g| g + 1));
-            tracing::debug!(instance_id = %id, attempt, "create: Instances row changed; retrying");
-        }
-        Err(perr(
-            ProviderErrorKind::Transient,
-            OP,
-            queued(format!(
-                "the Instances row of '{id}' kept changing ({MAX_CREATE_ATTEMPTS} attempts)"
-            )),
-        ))
+        self.write_row_after_send(&id, &exec, state, existing, dedupe_statuses, delay).await
     }
 
     async fn send_message(&self, message: TaskMessage) -> Result<(), ProviderError> {

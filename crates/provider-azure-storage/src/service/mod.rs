@@ -32,6 +32,8 @@ mod outbound;
 mod poller;
 mod prefetch;
 mod session;
+#[cfg(test)]
+mod tests;
 mod tracking;
 mod worker;
 
@@ -211,7 +213,7 @@ impl AzureStorageOrchestrationService {
         // At most `max_storage_operation_concurrency` calls of any kind at once (partition
         // leases included), then retries of the calls that are safe to repeat on transient
         // failures (see `RetryingStorage`).
-        let limiter = crate::storage::ConcurrencyLimitedStorage::over(
+        let limiter = crate::storage::ConcurrencyLimitedStorage::limit(
             &storage,
             settings.max_storage_operation_concurrency,
         );

@@ -258,7 +258,7 @@ async fn decide(
 
 /// Loads state for a batch and applies the admission rules. `Ok(None)`: nothing to run
 /// (everything was discarded or deferred).
-async fn build(
+pub(super) async fn build(
     inner: &Arc<Inner>,
     instance_id: &str,
     queue: &str,

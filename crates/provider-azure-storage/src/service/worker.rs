@@ -7,8 +7,11 @@ use super::messages;
 use super::outbound::send;
 use super::prefetch;
 use super::session::{ActiveGuard, ActivityToken, SessionToken, activity_token, crashed, token};
-use super::{AzureStorageOrchestrationService, CrashPoint, MAX_VISIBILITY, perr, provider_error};
+use super::{
+    AzureStorageOrchestrationService, CrashPoint, Inner, MAX_VISIBILITY, perr, provider_error,
+};
 use crate::envelope::MessageData;
+use crate::storage::ReceivedMessage;
 use async_trait::async_trait;
 use durabletask_core::{
     ActivityWorkItem, EventKind, LockToken, OrchestrationRuntimeState, OrchestrationService,
@@ -274,87 +277,14 @@ impl OrchestrationService for AzureStorageOrchestrationService {
         &self,
         timeout: Duration,
     ) -> Result<Option<ActivityWorkItem>, ProviderError> {
-        const OP: &str = "lock_next_activity_work_item";
         let inner = &self.inner;
-        let a = &inner.activities;
         let deadline = tokio::time::Instant::now() + timeout;
-        let queue = &inner.names.work_item_queue;
-        loop {
-            if a.stopped.load(Ordering::Acquire) {
-                return Ok(None);
+        while let Some(m) = next_activity_message(inner, deadline).await? {
+            if let Some(item) = activity_work_item(inner, m).await {
+                return Ok(Some(item));
             }
-            let next = {
-                let mut buf = a.buffer.lock().await;
-                if buf.is_empty() {
-                    let n = u8::try_from(
-                        inner.settings.max_concurrent_activity_work_items.clamp(1, 32),
-                    )
-                    .unwrap_or(32);
-                    let got = inner
-                        .queues
-                        .get_messages(queue, n, inner.settings.work_item_queue_visibility_timeout)
-                        .await
-                        .map_err(|e| provider_error(OP, e))?;
-                    buf.extend(got);
-                }
-                buf.pop_front()
-            };
-            let Some(m) = next else {
-                let misses = a.misses.fetch_add(1, Ordering::Relaxed);
-                let wait = durabletask_core::backoff::poll(
-                    misses,
-                    inner.settings.max_queue_polling_interval,
-                    rand::random(),
-                );
-                let sleep_until = (tokio::time::Instant::now() + wait).min(deadline);
-                tokio::select! {
-                    () = tokio::time::sleep_until(sleep_until) => {}
-                    () = a.wake.notified() => { a.misses.store(0, Ordering::Relaxed); }
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    return Ok(None);
-                }
-                continue;
-            };
-            a.misses.store(0, Ordering::Relaxed);
-            let data = match messages::decode(inner, &m).await {
-                Ok(d) => d,
-                Err(reason) => {
-                    messages::undecodable(inner, queue, &m, &reason).await;
-                    continue;
-                }
-            };
-            let Some(message) = data.task_message else { continue };
-            if !matches!(message.event.kind, EventKind::TaskScheduled { .. }) {
-                messages::undecodable(
-                    inner,
-                    queue,
-                    &m,
-                    &messages::DecodeFailure::Malformed(
-                        "work-item queue message is not a TaskScheduled event".into(),
-                    ),
-                )
-                .await;
-                continue;
-            }
-            let dequeue_count = u32::try_from(m.dequeue_count).unwrap_or(u32::MAX);
-            if m.dequeue_count >= messages::POISON_DEQUEUE_COUNT {
-                tracing::warn!(message_id = %m.id, dequeue_count, "PoisonMessageDetected: activity keeps failing");
-            }
-            return Ok(Some(ActivityWorkItem {
-                id: m.id.clone(),
-                message,
-                locked_until: m.next_visible,
-                dequeue_count,
-                token: LockToken::new(ActivityToken {
-                    id: m.id,
-                    pop_receipt: Mutex::new(m.pop_receipt),
-                    text: m.text,
-                    locked_until: Mutex::new(m.next_visible),
-                    _active: ActiveGuard::new(&a.active),
-                }),
-            }));
         }
+        Ok(None)
     }
 
     async fn renew_activity_work_item_lock(
@@ -482,6 +412,94 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             Err(e) => Err(provider_error(OP, e)),
         }
     }
+}
+
+/// The next work-item queue message (from the prefetched batch, or a new receive of up to
+/// `max_concurrent_activity_work_items`), waiting with the poll back-off; `None` at the deadline
+/// or when stopped.
+async fn next_activity_message(
+    inner: &Inner,
+    deadline: tokio::time::Instant,
+) -> Result<Option<ReceivedMessage>, ProviderError> {
+    const OP: &str = "lock_next_activity_work_item";
+    let a = &inner.activities;
+    let queue = &inner.names.work_item_queue;
+    loop {
+        if a.stopped.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let next = {
+            let mut buf = a.buffer.lock().await;
+            if buf.is_empty() {
+                let n =
+                    u8::try_from(inner.settings.max_concurrent_activity_work_items.clamp(1, 32))
+                        .unwrap_or(32);
+                let got = inner
+                    .queues
+                    .get_messages(queue, n, inner.settings.work_item_queue_visibility_timeout)
+                    .await
+                    .map_err(|e| provider_error(OP, e))?;
+                buf.extend(got);
+            }
+            buf.pop_front()
+        };
+        if let Some(m) = next {
+            a.misses.store(0, Ordering::Relaxed);
+            return Ok(Some(m));
+        }
+        let misses = a.misses.fetch_add(1, Ordering::Relaxed);
+        let wait = durabletask_core::backoff::poll(
+            misses,
+            inner.settings.max_queue_polling_interval,
+            rand::random(),
+        );
+        let sleep_until = (tokio::time::Instant::now() + wait).min(deadline);
+        tokio::select! {
+            () = tokio::time::sleep_until(sleep_until) => {}
+            () = a.wake.notified() => { a.misses.store(0, Ordering::Relaxed); }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+    }
+}
+
+/// A received work-item queue message as a locked activity work item; `None` (after poison
+/// handling) when it is undecodable or not a `TaskScheduled`.
+async fn activity_work_item(inner: &Inner, m: ReceivedMessage) -> Option<ActivityWorkItem> {
+    let queue = &inner.names.work_item_queue;
+    let data = match messages::decode(inner, &m).await {
+        Ok(d) => d,
+        Err(reason) => {
+            messages::undecodable(inner, queue, &m, &reason).await;
+            return None;
+        }
+    };
+    let message = data.task_message?;
+    if !matches!(message.event.kind, EventKind::TaskScheduled { .. }) {
+        let why = messages::DecodeFailure::Malformed(
+            "work-item queue message is not a TaskScheduled event".into(),
+        );
+        messages::undecodable(inner, queue, &m, &why).await;
+        return None;
+    }
+    let dequeue_count = u32::try_from(m.dequeue_count).unwrap_or(u32::MAX);
+    if m.dequeue_count >= messages::POISON_DEQUEUE_COUNT {
+        tracing::warn!(message_id = %m.id, dequeue_count, "PoisonMessageDetected: activity keeps failing");
+    }
+    Some(ActivityWorkItem {
+        id: m.id.clone(),
+        message,
+        locked_until: m.next_visible,
+        dequeue_count,
+        token: LockToken::new(ActivityToken {
+            id: m.id,
+            pop_receipt: Mutex::new(m.pop_receipt),
+            text: m.text,
+            locked_until: Mutex::new(m.next_visible),
+            _active: ActiveGuard::new(&inner.activities.active),
+        }),
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod azure;
 mod counters;
 mod entity;
 pub mod fault;
+pub mod hooks;
 mod limit;
 mod memory;
 mod retry;
@@ -24,7 +25,8 @@ pub use account::StorageAccount;
 pub use azure::AzureStorage;
 pub use counters::{StorageCounters, StorageOp, StorageOpCounts};
 pub use entity::{EdmValue, TableEntity};
-pub use limit::ConcurrencyLimitedStorage;
+pub use hooks::{Call, CallGuard, HookedStorage, StorageHook};
+pub use limit::{ConcurrencyLimit, ConcurrencyLimitedStorage};
 pub use memory::{InMemoryStorage, MAX_QUEUE_MESSAGE_BYTES};
 pub use retry::{RetryPolicy, RetryingStorage};
 

@@ -5,7 +5,9 @@
 
 use crate::support::{account, provider, test_settings};
 use durabletask_azure_storage::envelope::MessageData;
-use durabletask_azure_storage::storage::{AzureStorage, QueueStore};
+use durabletask_azure_storage::storage::{
+    AzureStorage, Call, CallGuard, HookedStorage, QueueStore, StorageHook,
+};
 use durabletask_azure_storage::{AzureStorageOrchestrationService, AzureStorageSettings};
 use durabletask_core::{
     EventKind, ExecutionStartedEvent, HistoryEvent, OrchestrationContext, OrchestrationInstance,
@@ -212,57 +214,22 @@ async fn stats_report_a_paused_poller_and_its_resumption() {
     svc.delete().await.expect("delete hub");
 }
 
-/// A queue store whose receives, while `slow` is set, take their messages and then answer only
-/// after `delay` (an emulator freeze or a slow network as the caller sees it).
+/// Receives, while `slow` is set, take their messages and then answer only after `delay` (an
+/// emulator freeze or a slow network as the caller sees it).
 #[derive(Debug)]
 struct SlowReceives {
-    inner: Arc<AzureStorage>,
     slow: Arc<std::sync::atomic::AtomicBool>,
     received: Arc<tokio::sync::Notify>,
     delay: Duration,
 }
 
-type SResult<T> = durabletask_azure_storage::storage::StorageResult<T>;
-
 #[async_trait::async_trait]
-impl QueueStore for SlowReceives {
-    async fn create_queue_if_not_exists(&self, q: &str) -> SResult<()> {
-        self.inner.create_queue_if_not_exists(q).await
-    }
-    async fn delete_queue_if_exists(&self, q: &str) -> SResult<()> {
-        self.inner.delete_queue_if_exists(q).await
-    }
-    async fn put_message(&self, q: &str, text: &str, vis: Duration) -> SResult<()> {
-        self.inner.put_message(q, text, vis).await
-    }
-    async fn get_messages(
-        &self,
-        q: &str,
-        max: u8,
-        vis: Duration,
-    ) -> SResult<Vec<durabletask_azure_storage::storage::ReceivedMessage>> {
-        let got = self.inner.get_messages(q, max, vis).await?;
-        if !got.is_empty() && self.slow.load(std::sync::atomic::Ordering::Acquire) {
+impl StorageHook for SlowReceives {
+    async fn after_receive(&self, _queue: &str, received: usize) {
+        if received > 0 && self.slow.load(std::sync::atomic::Ordering::Acquire) {
             self.received.notify_one();
             tokio::time::sleep(self.delay).await;
         }
-        Ok(got)
-    }
-    async fn delete_message(&self, q: &str, id: &str, receipt: &str) -> SResult<()> {
-        self.inner.delete_message(q, id, receipt).await
-    }
-    async fn update_message(
-        &self,
-        q: &str,
-        id: &str,
-        receipt: &str,
-        text: &str,
-        vis: Duration,
-    ) -> SResult<String> {
-        self.inner.update_message(q, id, receipt, text, vis).await
-    }
-    async fn approximate_message_count(&self, q: &str) -> SResult<u64> {
-        self.inner.approximate_message_count(q).await
     }
 }
 
@@ -279,12 +246,16 @@ async fn a_poller_stopped_during_a_receive_releases_what_it_received() {
     let received = Arc::new(tokio::sync::Notify::new());
     let names = durabletask_azure_storage::ResourceNames::new(&settings.task_hub_name, 1);
     let stack = durabletask_azure_storage::StorageStack {
-        queues: Arc::new(SlowReceives {
-            inner: az.clone(),
-            slow: slow.clone(),
-            received: received.clone(),
-            delay: Duration::from_secs(3),
-        }),
+        queues: Arc::new(HookedStorage::new(
+            az.clone(),
+            az.clone(),
+            az.clone(),
+            SlowReceives {
+                slow: slow.clone(),
+                received: received.clone(),
+                delay: Duration::from_secs(3),
+            },
+        )),
         tables: az.clone(),
         blobs: az.clone(),
         counters: az.counters(),
@@ -317,67 +288,25 @@ async fn a_poller_stopped_during_a_receive_releases_what_it_received() {
     svc.delete().await.expect("delete hub");
 }
 
-/// A table store whose `…Partitions` calls hang while `frozen` is set: the partition manager
-/// cannot renew (an emulator freeze or a throttled account as the lease loop sees it), while the
-/// rest of storage answers.
+/// `…Partitions` table calls hang while `frozen` is set: the partition manager cannot renew (an
+/// emulator freeze or a throttled account as the lease loop sees it), while the rest of storage
+/// answers.
 #[derive(Debug)]
 struct FrozenLeases {
-    inner: Arc<AzureStorage>,
     frozen: tokio::sync::watch::Sender<bool>,
 }
 
-impl FrozenLeases {
-    async fn pass(&self, table: &str) {
-        if table.ends_with("Partitions") {
+#[async_trait::async_trait]
+impl StorageHook for FrozenLeases {
+    async fn before(
+        &self,
+        call: Call<'_>,
+    ) -> durabletask_azure_storage::storage::StorageResult<CallGuard> {
+        if call.resource.ends_with("Partitions") {
             let mut rx = self.frozen.subscribe();
             let _ = rx.wait_for(|frozen| !frozen).await;
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl durabletask_azure_storage::storage::TableStore for FrozenLeases {
-    async fn create_table_if_not_exists(&self, t: &str) -> SResult<()> {
-        self.inner.create_table_if_not_exists(t).await
-    }
-    async fn delete_table_if_exists(&self, t: &str) -> SResult<()> {
-        self.inner.delete_table_if_exists(t).await
-    }
-    async fn get_entity(
-        &self,
-        t: &str,
-        pk: &str,
-        rk: &str,
-    ) -> SResult<Option<durabletask_azure_storage::storage::TableEntity>> {
-        self.pass(t).await;
-        self.inner.get_entity(t, pk, rk).await
-    }
-    async fn query(
-        &self,
-        t: &str,
-        f: Option<&str>,
-        s: Option<&[&str]>,
-        top: Option<u32>,
-        c: Option<durabletask_azure_storage::storage::TableContinuation>,
-    ) -> SResult<durabletask_azure_storage::storage::EntityPage> {
-        self.pass(t).await;
-        self.inner.query(t, f, s, top, c).await
-    }
-    async fn write(
-        &self,
-        t: &str,
-        op: durabletask_azure_storage::storage::BatchOp,
-    ) -> SResult<Option<String>> {
-        self.pass(t).await;
-        self.inner.write(t, op).await
-    }
-    async fn batch(
-        &self,
-        t: &str,
-        ops: Vec<durabletask_azure_storage::storage::BatchOp>,
-    ) -> SResult<Vec<Option<String>>> {
-        self.pass(t).await;
-        self.inner.batch(t, ops).await
+        Ok(None)
     }
 }
 
@@ -397,8 +326,12 @@ async fn a_fenced_partition_keeps_its_work_and_resumes_when_the_lease_table_answ
     settings.partition_table_operation_timeout = Duration::from_secs(1);
     let az = Arc::new(AzureStorage::new(&acct, Duration::from_secs(20)));
     let names = durabletask_azure_storage::ResourceNames::new(&settings.task_hub_name, 1);
-    let tables =
-        Arc::new(FrozenLeases { inner: az.clone(), frozen: tokio::sync::watch::channel(false).0 });
+    let tables = Arc::new(HookedStorage::new(
+        az.clone(),
+        az.clone(),
+        az.clone(),
+        FrozenLeases { frozen: tokio::sync::watch::channel(false).0 },
+    ));
     let stack = durabletask_azure_storage::StorageStack {
         queues: az.clone(),
         tables: tables.clone(),
@@ -419,7 +352,7 @@ async fn a_fenced_partition_keeps_its_work_and_resumes_when_the_lease_table_answ
     })
     .await;
 
-    tables.frozen.send_replace(true);
+    tables.hook().frozen.send_replace(true);
     crate::support::wait_for(Duration::from_secs(30), || async {
         svc.stats().control_queues.first().is_some_and(|q| q.fenced).then_some(())
     })
@@ -435,7 +368,7 @@ async fn a_fenced_partition_keeps_its_work_and_resumes_when_the_lease_table_answ
     let s = svc.stats();
     assert_eq!((s.held_messages, s.prepared_work_items), (1, 1), "the fence keeps the work: {s:?}");
 
-    tables.frozen.send_replace(false);
+    tables.hook().frozen.send_replace(false);
     let wi = svc
         .lock_next_orchestration_work_item(Duration::from_secs(30))
         .await

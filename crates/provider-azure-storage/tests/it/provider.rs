@@ -4,7 +4,8 @@
 
 use crate::support::{account, provider, test_settings};
 use durabletask_azure_storage::storage::{
-    AzureStorage, BlobStore, EdmValue, QueueStore, StorageAccount, StorageOp, TableStore,
+    AzureStorage, BlobStore, Call, CallGuard, EdmValue, HookedStorage, QueueStore, StorageAccount,
+    StorageHook, StorageOp, TableStore,
 };
 use durabletask_azure_storage::{AzureStorageOrchestrationService, StorageStack};
 use durabletask_core::{
@@ -330,69 +331,30 @@ async fn special_character_ids_work_and_illegal_ones_are_rejected_without_writes
     r.stop().await;
 }
 
-/// A table store whose History batches wait at a gate while it is closed: worker A "stalls" in
-/// the middle of its checkpoint while worker B takes over the partition and commits.
+/// History batches wait at a gate while it is armed: worker A "stalls" in the middle of its
+/// checkpoint while worker B takes over the partition and commits.
 #[derive(Debug)]
-struct GatedTables {
-    inner: Arc<AzureStorage>,
+struct HistoryGate {
     gate: Arc<tokio::sync::Semaphore>,
     armed: Arc<std::sync::atomic::AtomicBool>,
     arrived: Arc<tokio::sync::Notify>,
 }
 
 #[async_trait::async_trait]
-impl TableStore for GatedTables {
-    async fn create_table_if_not_exists(
+impl StorageHook for HistoryGate {
+    async fn before(
         &self,
-        t: &str,
-    ) -> durabletask_azure_storage::storage::StorageResult<()> {
-        self.inner.create_table_if_not_exists(t).await
-    }
-    async fn delete_table_if_exists(
-        &self,
-        t: &str,
-    ) -> durabletask_azure_storage::storage::StorageResult<()> {
-        self.inner.delete_table_if_exists(t).await
-    }
-    async fn get_entity(
-        &self,
-        t: &str,
-        pk: &str,
-        rk: &str,
-    ) -> durabletask_azure_storage::storage::StorageResult<
-        Option<durabletask_azure_storage::storage::TableEntity>,
-    > {
-        self.inner.get_entity(t, pk, rk).await
-    }
-    async fn query(
-        &self,
-        t: &str,
-        f: Option<&str>,
-        s: Option<&[&str]>,
-        top: Option<u32>,
-        c: Option<durabletask_azure_storage::storage::TableContinuation>,
-    ) -> durabletask_azure_storage::storage::StorageResult<
-        durabletask_azure_storage::storage::EntityPage,
-    > {
-        self.inner.query(t, f, s, top, c).await
-    }
-    async fn write(
-        &self,
-        t: &str,
-        op: durabletask_azure_storage::storage::BatchOp,
-    ) -> durabletask_azure_storage::storage::StorageResult<Option<String>> {
-        self.inner.write(t, op).await
-    }
-    async fn batch(
-        &self,
-        t: &str,
-        ops: Vec<durabletask_azure_storage::storage::BatchOp>,
-    ) -> durabletask_azure_storage::storage::StorageResult<Vec<Option<String>>> {
-        if t.ends_with("History") && self.armed.load(std::sync::atomic::Ordering::Acquire) {
+        call: Call<'_>,
+    ) -> durabletask_azure_storage::storage::StorageResult<CallGuard> {
+        if call.op == StorageOp::TableBatch
+            && call.resource.ends_with("History")
+            && self.armed.load(std::sync::atomic::Ordering::Acquire)
+        {
             self.arrived.notify_one();
-            let _permit = self.gate.acquire().await.expect("gate");
+            let permit = self.gate.clone().acquire_owned().await.expect("gate");
+            return Ok(Some(Box::new(permit)));
         }
-        self.inner.batch(t, ops).await
+        Ok(None)
     }
 }
 
@@ -410,12 +372,12 @@ async fn two_workers_racing_one_work_item_exactly_one_commits() {
     let names = durabletask_azure_storage::ResourceNames::new(&settings.task_hub_name, 1);
     let stack_a = StorageStack {
         queues: az.clone(),
-        tables: Arc::new(GatedTables {
-            inner: az.clone(),
-            gate: gate.clone(),
-            armed: armed.clone(),
-            arrived: arrived.clone(),
-        }),
+        tables: Arc::new(HookedStorage::new(
+            az.clone(),
+            az.clone(),
+            az.clone(),
+            HistoryGate { gate: gate.clone(), armed: armed.clone(), arrived: arrived.clone() },
+        )),
         blobs: az.clone(),
         counters: az.counters(),
         large_messages_container_url: acct.blob_container_url(&names.large_messages_container),

@@ -146,7 +146,7 @@ impl MemoryFactory {
     /// Under [`ConcurrencyLimitedStorage`] with `max` permits.
     pub fn limited(max: usize) -> Self {
         Self::wrapped(move |s| {
-            let l = Arc::new(ConcurrencyLimitedStorage::new(s.queues, s.tables, s.blobs, max));
+            let l = Arc::new(ConcurrencyLimitedStorage::limited(s.queues, s.tables, s.blobs, max));
             Stores { queues: l.clone(), tables: l.clone(), blobs: l }
         })
     }

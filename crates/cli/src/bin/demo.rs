@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use durabletask_cli::table::{Table, human_duration};
 use durabletask_core::{OrchestrationState, OrchestrationStatus, StartOptions};
-use durabletask_worker_host::table::{Table, human_duration};
 use durabletask_worker_host::{HostSettings, TaskHubWorker, samples};
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use durabletask_azure_storage::TaskHubName;
+use durabletask_cli::table::{Table, human_duration};
 use durabletask_core::{
     ClientError, EventKind, HistoryEvent, OrchestrationQuery, OrchestrationService,
     OrchestrationState, OrchestrationStatus, PurgeFilter, PurgeTimeFilter, StartOptions,
     TaskHubClient,
 };
-use durabletask_worker_host::table::{Table, human_duration};
 use durabletask_worker_host::{HostSettings, HubStatus, StorageConnection, azure_service};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
