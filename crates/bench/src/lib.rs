@@ -1,4 +1,4 @@
-//! Benchmarks for durabletask-rs (issue 7): what a workload costs in wall time, throughput,
+//! Benchmarks for durabletask-rs: what a workload costs in wall time, throughput,
 //! storage operations (by kind) and memory, on the in-memory provider and on the Azure Storage
 //! provider (Azurite or a real account).
 //!

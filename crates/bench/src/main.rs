@@ -36,7 +36,7 @@ struct Args {
     /// Comma-separated workloads (W1..W5) or "all".
     #[arg(long = "workload", default_value = "all")]
     workloads: String,
-    /// Where the JSON goes (default: <target>/bench/results-<provider>.json).
+    /// Where the JSON goes (default: TARGET_DIR/bench/results-PROVIDER.json).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Seconds per phase of the storage capacity probe (azure; 0 disables it).

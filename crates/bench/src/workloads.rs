@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use durabletask_azure_storage::storage::{StorageCounters, StorageOpCounts};
 use durabletask_core::{
-    ActivityContext, OrchestrationContext, OrchestrationServiceClient, OrchestrationState,
-    OrchestrationStatus, Registry, RegistryBuilder, TaskHubClient, TaskHubWorker,
+    ActivityContext, Dispatchers, OrchestrationContext, OrchestrationServiceClient,
+    OrchestrationState, OrchestrationStatus, Registry, RegistryBuilder, TaskHubClient,
 };
 use futures::{StreamExt, TryStreamExt};
 
@@ -202,7 +202,7 @@ async fn run_on_hub(
     log: &Arc<MarkLog>,
 ) -> Result<WorkloadResult> {
     log.set_counters(hub.counters.clone());
-    let worker = TaskHubWorker::start(
+    let worker = Dispatchers::start(
         Arc::clone(&hub.service),
         registry(Arc::clone(log)).build(),
         hub.worker_options.clone(),

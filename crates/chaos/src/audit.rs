@@ -1,4 +1,4 @@
-//! The end-of-run auditor (reliability-plan §6.1, I1-I8 as far as the client API shows them).
+//! The end-of-run auditor: the invariants I1-I8 below, as far as the client API shows them.
 //!
 //! For every planned instance: it reached Completed with the expected output (I1), nothing is
 //! stuck, History and Instances agree on status and output (I4), the current execution has one
@@ -6,7 +6,7 @@
 //! (I3), the row and the history are on the same execution, and every scheduled activity
 //! appears in the ledger at least once (I8). Duplicate
 //! executions (ledger count - 1) are counted and reported, not failed: activities are
-//! at-least-once (G2). After a purge, the large-message container must be empty (I6).
+//! at-least-once. After a purge, the large-message container must be empty (I6).
 
 use crate::Result;
 use crate::ledger::Ledger;
@@ -351,7 +351,7 @@ pub async fn queue_residue(svc: &AzureStorageOrchestrationService) -> Result<u64
     Ok(info.control_queues.iter().map(|(_, n)| n).sum::<u64>() + info.work_item_queue_length)
 }
 
-/// The large-message container against the rows that reference it (issue 12), from the
+/// The large-message container against the rows that reference it, from the
 /// provider's one definition ([`durabletask_azure_storage::audit::blob_references`]): `orphans`
 /// are in the container but referenced by no live History or Instances row, `dangling` are
 /// referenced but missing.
@@ -417,8 +417,8 @@ pub async fn blob_references(
 }
 
 /// Samples the provider stats of in-process workers during a run and records every breach of
-/// the liveness invariants issue 12 asks for (the held-set leak that once stopped a worker for
-/// good would have failed all three):
+/// the liveness invariants (the held-set leak that once stopped a worker for good would have
+/// failed all three):
 /// * a poller of an owned partition had no successful receive (empty or not) for longer than the
 ///   lease interval while no receive was waiting for the store, or stayed paused at the buffer threshold that long (a fenced poller, whose
 ///   lease renewal is overdue while storage stalls, waits on purpose: it fails only when the

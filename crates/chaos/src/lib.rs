@@ -1,4 +1,5 @@
-//! Reliability harness for durabletask-rs (issue 8, reliability-plan §1.1 and §6).
+//! Reliability harness for durabletask-rs: fault injection, process kills and stalls, an
+//! independent activity ledger, an end-of-run auditor and the scenarios built from them.
 //!
 //! * [`ledger`]: an activity ledger independent of the framework: every activity execution
 //!   appends a row to a table of its own, so duplicate executions are counted from outside.
@@ -9,7 +10,7 @@
 //! * [`procs`]: `chaos_worker` child processes the harness can SIGKILL, SIGSTOP and SIGCONT.
 //! * [`scenarios`]: crash points, process kills, lease races, storage faults, reordering, poison
 //!   messages, bad input and clock jumps, each returning a [`scenarios::ScenarioReport`].
-//! * [`storm`]: the start storm of issue 12 (duplicate, stale and re-sent starts, concurrent
+//! * [`storm`]: the start storm (duplicate, stale and re-sent starts, concurrent
 //!   recreations, events and terminates to missing and completed instances, continue-as-new
 //!   loops with large payloads), shared by its scenario and the soak mode.
 //! * [`soak`]: the soak mode of `cargo xtask stress --soak`: one worker, rounds of mixed traffic,

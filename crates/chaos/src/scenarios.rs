@@ -1,4 +1,4 @@
-//! The scenarios of reliability-plan §6.2 that issue 8 asks for. Each runs on its own task hub,
+//! The reliability scenarios. Each runs on its own task hub,
 //! audits the result and returns a [`ScenarioReport`] whose [`Display`](std::fmt::Display) is
 //! the one summary line `cargo xtask stress` prints.
 
@@ -65,7 +65,7 @@ pub struct Profile {
     pub clock_n: usize,
     /// Clock jumps (seconds, signed) applied to one worker, one case each.
     pub clock_jumps: &'static [i64],
-    /// The start storm (issue 12).
+    /// The start storm.
     pub storm: StormSize,
     /// Longest wait for a scenario's instances.
     pub timeout: Duration,

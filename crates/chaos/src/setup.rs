@@ -7,7 +7,7 @@ use durabletask_azure_storage::storage::{AzureStorage, StorageAccount};
 use durabletask_azure_storage::{
     AzureStorageOrchestrationService, AzureStorageSettings, CrashHook, StorageStack, TaskHubName,
 };
-use durabletask_core::{Clock, OrchestrationService, TaskHubClient, TaskHubWorker, WorkerOptions};
+use durabletask_core::{Clock, Dispatchers, OrchestrationService, TaskHubClient, WorkerOptions};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,7 +136,7 @@ impl NodeSpec {
 pub struct Node {
     /// The provider (also the client side).
     pub svc: AzureStorageOrchestrationService,
-    worker: Option<TaskHubWorker>,
+    worker: Option<Dispatchers>,
     watch: Option<Watch>,
 }
 
@@ -169,7 +169,7 @@ impl Node {
             spec.crash_hook,
         )?;
         svc.create_if_not_exists().await?;
-        let worker = TaskHubWorker::start(
+        let worker = Dispatchers::start(
             Arc::new(svc.clone()),
             crate::workload::registry(ledger.clone()).build(),
             chaos_worker_options(spec.clock),

@@ -1,4 +1,4 @@
-//! Soak mode (`cargo xtask stress --soak[=MINUTES]`, issue 12): one in-process worker runs
+//! Soak mode (`cargo xtask stress --soak[=MINUTES]`): one in-process worker runs
 //! mixed traffic (rounds of the normal workload with the [start storm](crate::storm), each
 //! audited and purged) for the given time. Every [`SoakConfig::sample_every`] the worker's held,
 //! buffered and in-flight message counts, each poller's time since its last receive and the

@@ -1,4 +1,4 @@
-//! The start storm (issue 12): the ordinary traffic that once made a worker stop for good.
+//! The start storm: the ordinary traffic that once made a worker stop for good.
 //!
 //! One round, interleaved with the normal workload `W(n)`:
 //! * every normal start is followed by a *stale* `ExecutionStarted` for the same id (another
@@ -485,7 +485,7 @@ pub async fn blob_check(hub: &TestHub) -> Result<BlobCheck> {
     audit::blob_references(&stack, hub.admin.resource_names()).await
 }
 
-/// The start storm of issue 12 on one in-process worker, interleaved with `W(n)`: every planned
+/// The start storm on one in-process worker, interleaved with `W(n)`: every planned
 /// instance ends Completed with its output on the execution its Instances row names (duplicate
 /// started and recreated ids included), missing ids stay missing, the client answers only `Ok`
 /// or typed errors, the provider's stats stay sane, and the

@@ -1,4 +1,4 @@
-//! The mixed workload `W(N)` (reliability-plan §6.1). Instance `i` runs, by `i mod 4`:
+//! The mixed workload `W(N)`. Instance `i` runs, by `i mod 4`:
 //! a chain of 3 activities, a fan-out of 5 activities with fan-in, a 2 s durable timer then an
 //! activity, or a sub-orchestration running the chain. Every tenth instance carries a ~50 KB
 //! input, so its messages, rows and outputs go through large-message blobs. Activities are pure
@@ -144,7 +144,7 @@ pub fn plan(prefix: &str, n: usize) -> Vec<Planned> {
 }
 
 /// Starts every top-level planned instance (retrying transient client failures a few times:
-/// a retried start with the same id is safe, guarantee G5).
+/// a retried start with the same id is safe: it is de-duplicated).
 ///
 /// # Errors
 /// When a start keeps failing.

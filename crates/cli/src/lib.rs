@@ -3,4 +3,6 @@
 //! `durabletask-demo` that `cargo xtask demo` runs, over the worker host's settings and the
 //! Azure Storage provider. The library part holds what both binaries share.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod table;

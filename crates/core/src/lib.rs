@@ -24,7 +24,7 @@
 //!         Ok(format!("Hello, {name}!"))
 //!     })
 //!     .build();
-//! let worker = TaskHubWorker::start(service, registry, WorkerOptions::default()).await?;
+//! let worker = Dispatchers::start(service, registry, WorkerOptions::default()).await?;
 //! let client = TaskHubClient::new(service_client);
 //! let id = client.start_orchestration("Hello", &"world").await?;
 //! let state = client.wait_for_completion(&id, Duration::from_secs(30)).await?;
@@ -33,7 +33,10 @@
 //! This crate does no I/O of its own: storage is behind the provider traits, time behind
 //! [`Clock`], and the dispatchers only spawn tokio tasks.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod actions;
+pub mod admin;
 pub mod admission;
 pub mod backoff;
 pub mod client;
@@ -68,4 +71,4 @@ pub use provider::{
 pub use registry::{ActivityContext, Registry, RegistryBuilder};
 pub use runtime::{Checkpoint, RuntimeOptions, WorkItemResult};
 pub use state::{OrchestrationRuntimeState, OrchestrationState, OrchestrationStatus};
-pub use worker::{TaskHubWorker, WorkerOptions};
+pub use worker::{Dispatchers, WorkerOptions};

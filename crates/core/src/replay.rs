@@ -4,7 +4,7 @@
 //! It walks the past events with `is_replaying = true`, then the new events, driving the
 //! orchestration future after every event with a local waker. Decision echoes are checked against
 //! the actions the code produced (by id, then type, then case-insensitive name); a mismatch ends the
-//! execution Failed with a message starting [`NON_DETERMINISTIC_PREFIX`](crate::error::NON_DETERMINISTIC_PREFIX).
+//! execution Failed with a message starting [`NON_DETERMINISTIC_PREFIX`].
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

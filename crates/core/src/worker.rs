@@ -1,5 +1,5 @@
 //! Dispatchers (DTF `TaskOrchestrationDispatcher` / `TaskActivityDispatcher`) behind one
-//! [`TaskHubWorker`].
+//! [`Dispatchers`].
 //!
 //! Each dispatcher is a fetch loop bounded by a semaphore (max concurrent work items). A fetched
 //! work item is processed in its own tokio task with a lock-renewal loop beside it. Processing
@@ -78,9 +78,10 @@ impl WorkerOptions {
     }
 }
 
-/// Hosts the orchestration and activity dispatchers for one provider (DTF `TaskHubWorker`).
+/// Hosts the orchestration and activity dispatchers for one provider (DTF `TaskHubWorker`; the
+/// worker host's `TaskHubWorker` wraps it with settings, health and signal handling).
 #[derive(Debug)]
-pub struct TaskHubWorker {
+pub struct Dispatchers {
     service: Arc<dyn OrchestrationService>,
     shutdown: watch::Sender<Option<Duration>>,
     loops: JoinSet<()>,
@@ -92,7 +93,7 @@ struct Shared {
     options: WorkerOptions,
 }
 
-impl TaskHubWorker {
+impl Dispatchers {
     /// Starts the provider and both dispatchers.
     ///
     /// # Errors
@@ -139,7 +140,7 @@ impl TaskHubWorker {
     }
 }
 
-impl Drop for TaskHubWorker {
+impl Drop for Dispatchers {
     fn drop(&mut self) {
         let _ = self.shutdown.send(Some(Duration::ZERO));
         self.loops.abort_all();

@@ -8,7 +8,9 @@
 
 use crate::core::{Core, Drain, Runner, lock, pause};
 use crate::store::{LeaseBlobStore, LeaseBody, StoreError, StoreResult};
-use crate::{ManagerKind, Partition, PartitionListener, PartitionManager, Result, timed};
+use crate::{
+    ManagerKind, Partition, PartitionListener, PartitionManager, PartitionOwner, Result, timed,
+};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -159,6 +161,28 @@ impl PartitionManager for BlobPartitionManager {
 
     fn owned_partitions(&self) -> Vec<Partition> {
         self.inner.core.owned_partitions()
+    }
+
+    async fn owners(&self) -> Result<Vec<PartitionOwner>> {
+        let inner = &self.inner;
+        let mut out = Vec::with_capacity(inner.core.partitions.len());
+        for p in &inner.core.partitions {
+            let q = &p.control_queue;
+            let owner = inner.read_body(&Inner::name(&inner.owner, q), q).await?.owner;
+            let next_owner = if inner.safe() {
+                let intent = inner.read_body(&Inner::name(&inner.intent, q), q).await?.owner;
+                intent.filter(|i| owner.as_ref() != Some(i))
+            } else {
+                None
+            };
+            out.push(PartitionOwner {
+                control_queue: q.clone(),
+                owner: owner.filter(|o| !o.is_empty()),
+                next_owner: next_owner.filter(|o| !o.is_empty()),
+                expires_at: None,
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -532,6 +532,31 @@ impl Cluster {
         out
     }
 
+    /// Every worker's `owners()` (the lease store's view) names, for each partition, the worker
+    /// listening to it (call when balanced and settled).
+    pub async fn assert_owners_match_listeners(&self) {
+        let listening = self.recorder.listening();
+        for (id, w) in &self.workers {
+            let owners = w.manager.owners().await.expect("the lease store answers");
+            let queues: Vec<String> = owners.iter().map(|o| o.control_queue.clone()).collect();
+            assert_eq!(
+                queues,
+                self.cfg.settings.control_queues(),
+                "{id}: every partition, in order"
+            );
+            for o in owners {
+                let listener = listening.get(&o.control_queue).and_then(|ws| ws.first()).cloned();
+                assert_eq!(
+                    o.owner,
+                    listener,
+                    "{id} reads {}'s owner\n{}",
+                    o.control_queue,
+                    self.describe()
+                );
+            }
+        }
+    }
+
     /// Stops every worker gracefully and checks exclusivity one last time.
     pub async fn shutdown(mut self) {
         for id in self.worker_ids() {
@@ -548,6 +573,7 @@ pub async fn converges(cfg: &ConformanceConfig, workers: usize) -> Duration {
         c.add_worker().await;
     }
     let took = c.wait_balanced(&format!("{workers} workers balanced")).await;
+    c.assert_owners_match_listeners().await;
     c.shutdown().await;
     took
 }

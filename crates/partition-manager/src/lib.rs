@@ -60,6 +60,8 @@
 //! `PartitionLost`, `PartitionManagerInfo`, `PartitionManagerWarning`), `task_hub`, `worker`,
 //! `partition`. The crate never installs a subscriber.
 
+#![warn(missing_docs, unreachable_pub)]
+
 mod blob;
 pub mod clock;
 pub mod conformance;
@@ -84,6 +86,20 @@ pub struct Partition {
     pub index: u8,
     /// `{hub lower}-control-NN`.
     pub control_queue: String,
+}
+
+/// Who owns a partition, as the lease store says (not this process's local view).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOwner {
+    /// The control queue.
+    pub control_queue: String,
+    /// The worker named as owner, if any (a lease that has expired may still name one).
+    pub owner: Option<String>,
+    /// A worker waiting to take the partition over (table `NextOwner`; the holder of the
+    /// safe-blob intent lease when it is not the owner).
+    pub next_owner: Option<String>,
+    /// When the ownership expires unless renewed (table `ExpiresAt`; blob leases do not say).
+    pub expires_at: Option<time::OffsetDateTime>,
 }
 
 /// What the provider does when ownership changes. The manager calls these in order per
@@ -166,6 +182,9 @@ pub trait PartitionManager: Send + Sync + fmt::Debug {
     fn is_held(&self, control_queue: &str) -> bool;
     /// The partitions held now and not fenced (listening or draining).
     fn owned_partitions(&self) -> Vec<Partition>;
+    /// Every partition's owner as the lease store records it, in partition order (one read of
+    /// the store; for operators and dashboards).
+    async fn owners(&self) -> Result<Vec<PartitionOwner>>;
 }
 
 /// The stores a manager may use: the table variant uses `table`, the blob variants `blobs`.

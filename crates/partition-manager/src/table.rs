@@ -3,7 +3,9 @@
 
 use crate::core::{Core, Drain, Runner, pause};
 use crate::store::{PartitionRow, PartitionTableStore, StoreError, StoreResult};
-use crate::{ManagerKind, Partition, PartitionListener, PartitionManager, Result, timed};
+use crate::{
+    ManagerKind, Partition, PartitionListener, PartitionManager, PartitionOwner, Result, timed,
+};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -82,6 +84,26 @@ impl PartitionManager for TablePartitionManager {
 
     fn owned_partitions(&self) -> Vec<Partition> {
         self.inner.core.owned_partitions()
+    }
+
+    async fn owners(&self) -> Result<Vec<PartitionOwner>> {
+        let op = self.inner.core.settings.operation_timeout;
+        let rows = timed(op, self.inner.store.list()).await?;
+        Ok(self
+            .inner
+            .core
+            .partitions
+            .iter()
+            .map(|p| {
+                let row = rows.iter().find(|r| r.row_key == p.control_queue);
+                PartitionOwner {
+                    control_queue: p.control_queue.clone(),
+                    owner: row.and_then(|r| r.current_owner.clone()),
+                    next_owner: row.and_then(|r| r.next_owner.clone()),
+                    expires_at: row.and_then(|r| r.expires_at),
+                }
+            })
+            .collect())
     }
 }
 

@@ -75,7 +75,8 @@ pub struct AzureStorageSettings {
     /// Process messages sent to completed/failed/terminated instances (default false).
     pub allow_replaying_terminal_instances: bool,
     /// Guard Instances-row writes with its ETag so a stalled worker cannot overwrite a newer status.
-    /// DTF defaults this to false; we default to true (reliability-plan, guarantee G4).
+    /// DTF defaults this to false; we default to true: a status once written is never overwritten
+    /// by a stale worker.
     pub use_instance_table_etag: bool,
 }
 

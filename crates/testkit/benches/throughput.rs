@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use durabletask_core::{OrchestrationStatus, TaskHubClient, TaskHubWorker, WorkerOptions};
+use durabletask_core::{Dispatchers, OrchestrationStatus, TaskHubClient, WorkerOptions};
 use durabletask_testkit::conformance::common_registry;
 use durabletask_testkit::memory::InMemoryOrchestrationService;
 
@@ -22,7 +22,7 @@ fn bench_throughput(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 let svc = Arc::new(InMemoryOrchestrationService::default());
-                let worker = TaskHubWorker::start(
+                let worker = Dispatchers::start(
                     svc.clone(),
                     common_registry().build(),
                     WorkerOptions::default(),

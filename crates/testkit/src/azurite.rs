@@ -61,7 +61,8 @@ impl AzuriteEnv {
         &self.connection_string
     }
 
-    /// True when the storage is Azurite (see reliability-plan §4.1 for its gaps).
+    /// True when the storage is Azurite (which does not enforce the service's size limits and
+    /// loses its data when killed).
     pub fn is_emulator(&self) -> bool {
         self.is_emulator
     }

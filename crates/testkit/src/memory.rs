@@ -834,6 +834,28 @@ impl OrchestrationService for InMemoryOrchestrationService {
     }
 }
 
+/// The in-memory hub as one partition: its orchestration queue is the control queue, its
+/// activity queue the work-item queue; nothing is ever poisoned and no poller runs.
+#[async_trait]
+impl durabletask_core::admin::ProviderAdmin for InMemoryOrchestrationService {
+    async fn hub_status(&self) -> Result<durabletask_core::admin::HubStatus, ProviderError> {
+        let hub = self.hub();
+        let len = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        Ok(durabletask_core::admin::HubStatus {
+            exists: true,
+            task_hub: "in-memory".into(),
+            partition_count: 1,
+            control_queues: vec![durabletask_core::admin::QueueLength {
+                name: "orchestrations".into(),
+                approximate_length: len(hub.orchestration_queue.len()),
+            }],
+            work_item_queue_length: len(hub.activity_queue.len()),
+            poison_queue_length: 0,
+            owned_partitions: vec!["orchestrations".into()],
+        })
+    }
+}
+
 #[async_trait]
 impl OrchestrationServiceClient for InMemoryOrchestrationService {
     async fn create_orchestration(

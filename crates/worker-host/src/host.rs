@@ -1,11 +1,12 @@
 //! The worker host: a builder that wires settings, a provider and registrations into a running
-//! [`durabletask_core::TaskHubWorker`], plus graceful shutdown on SIGINT/SIGTERM and readiness.
+//! [`durabletask_core::Dispatchers`], plus graceful shutdown on SIGINT/SIGTERM and readiness.
 
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "azure")]
 use durabletask_azure_storage::AzureStorageOrchestrationService;
 use durabletask_core::{
     ActivityContext, ActivityError, OrchestrationContext, OrchestrationError, OrchestrationService,
@@ -16,14 +17,18 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
+#[cfg(feature = "azure")]
 use crate::config::{ConfigError, HostSettings};
-use crate::hub::{HubStatus, ProcessingStatus, azure_service};
+#[cfg(feature = "azure")]
+use crate::hub::azure_service;
+use durabletask_core::admin::{HubStatus, ProcessingStatus, ProviderAdmin};
 
 /// Errors of the worker host.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HostError {
     /// Settings or connection are unusable.
+    #[cfg(feature = "azure")]
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The provider failed (creating the hub, starting, stopping).
@@ -34,9 +39,32 @@ pub enum HostError {
     Signal(#[source] std::io::Error),
 }
 
+#[cfg(feature = "azure")]
 impl From<durabletask_azure_storage::Error> for HostError {
     fn from(e: durabletask_azure_storage::Error) -> Self {
         HostError::Config(ConfigError::Provider(e))
+    }
+}
+
+/// The Azure Storage provider when the `azure` feature is on; nothing otherwise.
+#[cfg(feature = "azure")]
+type AzureService = AzureStorageOrchestrationService;
+#[cfg(not(feature = "azure"))]
+#[derive(Clone)]
+enum AzureService {}
+
+trait AsAdmin {
+    fn admin(self) -> Arc<dyn ProviderAdmin>;
+}
+
+impl AsAdmin for AzureService {
+    fn admin(self) -> Arc<dyn ProviderAdmin> {
+        #[cfg(feature = "azure")]
+        {
+            Arc::new(self)
+        }
+        #[cfg(not(feature = "azure"))]
+        match self {}
     }
 }
 
@@ -45,6 +73,7 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Backend {
     /// Azure Storage from host settings.
+    #[cfg(feature = "azure")]
     Azure(Box<HostSettings>),
     /// Any provider (the in-memory one in tests).
     Custom {
@@ -58,6 +87,7 @@ impl fmt::Debug for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             // HostSettings' Debug redacts the connection string.
+            #[cfg(feature = "azure")]
             Backend::Azure(s) => f.debug_tuple("Azure").field(s).finish(),
             Backend::Custom { service, task_hub, .. } => f
                 .debug_struct("Custom")
@@ -88,6 +118,7 @@ pub struct TaskHubWorkerBuilder {
     options: WorkerOptions,
     drain_timeout: Duration,
     create_hub: bool,
+    admin: Option<Arc<dyn ProviderAdmin>>,
 }
 
 impl fmt::Debug for TaskHubWorkerBuilder {
@@ -109,7 +140,16 @@ impl TaskHubWorkerBuilder {
             options: WorkerOptions::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             create_hub: true,
+            admin: None,
         }
+    }
+
+    /// The provider's administrative view, which [`TaskHubWorker::health`] reports from (hub
+    /// status, processing status, readiness). Set for Azure Storage; give it for any other
+    /// provider (the in-memory one implements it too).
+    pub fn admin(mut self, admin: Arc<dyn ProviderAdmin>) -> Self {
+        self.admin = Some(admin);
+        self
     }
 
     /// Registers orchestration `name` (see [`RegistryBuilder::orchestration`]).
@@ -174,7 +214,9 @@ impl TaskHubWorkerBuilder {
     /// [`HostError::Config`] for an unusable connection or setting, [`HostError::Provider`] when
     /// storage fails.
     pub async fn start(self) -> Result<TaskHubWorker, HostError> {
+        let admin = self.admin;
         let (service, client, azure, task_hub, worker_id) = match self.backend {
+            #[cfg(feature = "azure")]
             Backend::Azure(settings) => {
                 tracing::info!(
                     task_hub = settings.provider.task_hub_name.as_str(),
@@ -196,25 +238,27 @@ impl TaskHubWorkerBuilder {
             }
             Backend::Custom { service, client, task_hub } => {
                 tracing::info!(task_hub = %task_hub, "WorkerHostStarting");
-                (service, client, None, task_hub, None)
+                (service, client, None::<AzureService>, task_hub, None)
             }
         };
         if self.create_hub {
             service.create_if_not_exists().await?;
         }
-        let worker = durabletask_core::TaskHubWorker::start(
+        let worker = durabletask_core::Dispatchers::start(
             Arc::clone(&service),
             self.registry.build(),
             self.options,
         )
         .await?;
         tracing::info!(task_hub = %task_hub, "WorkerHostStarted");
+        let admin = admin.or_else(|| azure.clone().map(AsAdmin::admin));
         Ok(TaskHubWorker {
             worker: Some(worker),
             service,
             client: TaskHubClient::new(client),
             azure,
             task_hub,
+            admin,
             worker_id,
             started_at: OffsetDateTime::now_utc(),
             drain_timeout: self.drain_timeout,
@@ -222,17 +266,19 @@ impl TaskHubWorkerBuilder {
     }
 }
 
-/// A running worker host: the dispatchers of [`durabletask_core::TaskHubWorker`] over a provider,
+/// A running worker host: the dispatchers of [`durabletask_core::Dispatchers`] over a provider,
 /// a client for the same task hub, readiness and graceful shutdown.
 ///
 /// Dropping it without [`shutdown`](Self::shutdown) aborts in-flight work (nothing is lost: the
 /// messages reappear after their visibility timeout) and does not release partition leases
 /// (they expire after the lease interval).
 pub struct TaskHubWorker {
-    worker: Option<durabletask_core::TaskHubWorker>,
+    worker: Option<durabletask_core::Dispatchers>,
     service: Arc<dyn OrchestrationService>,
     client: TaskHubClient,
-    azure: Option<AzureStorageOrchestrationService>,
+    #[cfg_attr(not(feature = "azure"), allow(dead_code))]
+    azure: Option<AzureService>,
+    admin: Option<Arc<dyn ProviderAdmin>>,
     task_hub: String,
     worker_id: Option<String>,
     started_at: OffsetDateTime,
@@ -253,7 +299,8 @@ impl fmt::Debug for TaskHubWorker {
 /// Readiness of a [`TaskHubWorker`], from [`TaskHubWorker::health`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Health {
-    /// Started, not stopping, and (for Azure Storage) the task hub exists and answers.
+    /// Started, not stopping, and (with a [`ProviderAdmin`]) the task hub exists and answers and
+    /// the provider's own bookkeeping finds nothing wrong.
     pub ready: bool,
     /// The task hub.
     pub task_hub: String,
@@ -264,10 +311,10 @@ pub struct Health {
     pub started_at: OffsetDateTime,
     /// Control queues (partitions) this process owns right now.
     pub owned_partitions: Vec<String>,
-    /// Queue lengths and partitions of the task hub (Azure Storage only).
+    /// Queue lengths and partitions of the task hub (with a [`ProviderAdmin`]).
     pub hub: Option<HubStatus>,
-    /// The provider's in-memory processing state: held messages and pollers (Azure Storage
-    /// only). The host is not ready when bookkeeping leaked or an owned partition's poller has
+    /// The provider's in-memory processing state: held messages and pollers (for a provider that
+    /// keeps one). The host is not ready when bookkeeping leaked or an owned partition's poller has
     /// not received for longer than the lease interval.
     pub processing: Option<ProcessingStatus>,
     /// Why the host is not ready, if it is not.
@@ -276,6 +323,7 @@ pub struct Health {
 
 impl TaskHubWorker {
     /// A builder for an Azure Storage worker described by `settings`.
+    #[cfg(feature = "azure")]
     pub fn builder(settings: HostSettings) -> TaskHubWorkerBuilder {
         TaskHubWorkerBuilder::new(Backend::Azure(Box::new(settings)))
     }
@@ -301,6 +349,7 @@ impl TaskHubWorker {
     }
 
     /// The Azure Storage provider, when the host runs on it.
+    #[cfg(feature = "azure")]
     pub fn azure(&self) -> Option<&AzureStorageOrchestrationService> {
         self.azure.as_ref()
     }
@@ -322,47 +371,24 @@ impl TaskHubWorker {
             processing: None,
             error: None,
         };
-        if let Some(svc) = &self.azure {
-            let stats = svc.stats();
-            let limit = svc.azure_settings().lease_interval;
-            let silent = stats.control_queues.iter().find(|q| {
-                q.since_last_receive.is_some_and(|d| d > limit)
-                    || q.paused_for.is_some_and(|d| d > limit)
-            });
-            if let Some(q) = stats.control_queues.iter().find(|q| q.fenced) {
-                health.ready = false;
-                health.error = Some(format!(
-                    "control queue {} is fenced: its lease could not be renewed in time (storage slow or unreachable)",
-                    q.control_queue
-                ));
-            } else if let Some(q) = silent {
-                health.ready = false;
-                health.error = Some(format!(
-                    "control queue {} has not been received from for longer than the lease interval ({limit:?})",
-                    q.control_queue
-                ));
-            } else if stats.leaked_messages() > 0 {
-                health.ready = false;
-                health.error = Some(format!(
-                    "{} held messages are neither buffered nor in flight",
-                    stats.leaked_messages()
-                ));
-            }
-            health.processing = Some(ProcessingStatus::from(stats));
-            match svc.hub_info().await {
-                Ok(info) => {
-                    let status = HubStatus::from(info);
-                    if !status.exists {
-                        health.ready = false;
-                        health.error = Some("the task hub does not exist".into());
-                    }
-                    health.owned_partitions.clone_from(&status.owned_partitions);
-                    health.hub = Some(status);
-                }
-                Err(e) => {
+        let Some(admin) = &self.admin else { return health };
+        if let Some(why) = admin.not_ready() {
+            health.ready = false;
+            health.error = Some(why);
+        }
+        health.processing = admin.processing_status();
+        match admin.hub_status().await {
+            Ok(status) => {
+                if !status.exists {
                     health.ready = false;
-                    health.error = Some(e.to_string());
+                    health.error = Some("the task hub does not exist".into());
                 }
+                health.owned_partitions.clone_from(&status.owned_partitions);
+                health.hub = Some(status);
+            }
+            Err(e) => {
+                health.ready = false;
+                health.error = Some(e.to_string());
             }
         }
         health

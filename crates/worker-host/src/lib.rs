@@ -11,6 +11,11 @@
 //! * [`samples`]: the orchestrations behind the examples and `cargo xtask demo`.
 //! * [`init_tracing`]: one-call `tracing` subscriber honouring `RUST_LOG`.
 //!
+//! The Azure Storage backend (`HostSettings`, [`TaskHubWorker::builder`], `azure_service`) is the
+//! default-on `azure` feature; without it the host runs over any provider through
+//! [`TaskHubWorker::builder_with_service`] and reports health through the provider's
+//! `ProviderAdmin`.
+//!
 //! ```
 //! use durabletask_worker_host::{HostSettings, StorageConnection};
 //! let settings = HostSettings::from_vars([("DTF_USE_EMULATOR".to_owned(), "1".to_owned())])?;
@@ -18,13 +23,22 @@
 //! # Ok::<(), durabletask_worker_host::ConfigError>(())
 //! ```
 
+#![warn(missing_docs, unreachable_pub)]
+
+#[cfg(feature = "azure")]
 mod config;
 mod host;
+#[cfg(feature = "azure")]
 mod hub;
 pub mod samples;
 mod tracing_setup;
 
+#[cfg(feature = "azure")]
 pub use config::{ConfigError, DEFAULT_TASK_HUB, HostSettings, KNOWN_VARS, StorageConnection};
+pub use durabletask_core::admin::{
+    HubStatus, PartitionStatus, PollerStatus, ProcessingStatus, ProviderAdmin, QueueLength,
+};
 pub use host::{DEFAULT_DRAIN_TIMEOUT, Health, HostError, TaskHubWorker, TaskHubWorkerBuilder};
-pub use hub::{HubStatus, PollerStatus, ProcessingStatus, QueueLength, azure_service};
+#[cfg(feature = "azure")]
+pub use hub::azure_service;
 pub use tracing_setup::init_tracing;

@@ -1,8 +1,14 @@
-//! Queue lengths and partition ownership of a task hub.
+//! Queue lengths and partition ownership of a task hub, and the provider's [`ProviderAdmin`]
+//! view (hub status, processing status, readiness).
 
-use super::Inner;
+use super::buffer::ProviderStats;
+use super::{AzureStorageOrchestrationService, Inner};
 use crate::storage::StorageErrorKind;
+use async_trait::async_trait;
 use durabletask_core::ProviderError;
+use durabletask_core::admin::{
+    HubStatus, PartitionStatus, PollerStatus, ProcessingStatus, ProviderAdmin, QueueLength,
+};
 
 /// Queue lengths and ownership of a task hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,4 +58,98 @@ pub(crate) async fn hub_info(inner: &Inner) -> Result<HubInfo, ProviderError> {
             .map(|p| p.control_queue)
             .collect(),
     })
+}
+
+impl From<HubInfo> for HubStatus {
+    fn from(info: HubInfo) -> Self {
+        Self {
+            exists: info.exists,
+            task_hub: info.task_hub,
+            partition_count: info.partition_count,
+            control_queues: info
+                .control_queues
+                .into_iter()
+                .map(|(name, approximate_length)| QueueLength { name, approximate_length })
+                .collect(),
+            work_item_queue_length: info.work_item_queue_length,
+            poison_queue_length: info.poison_queue_length,
+            owned_partitions: info.owned_partitions,
+        }
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<ProviderStats> for ProcessingStatus {
+    fn from(s: ProviderStats) -> Self {
+        Self {
+            held_messages: s.held_messages,
+            buffered_messages: s.buffered_messages,
+            in_flight_messages: s.in_flight_messages,
+            leaked_messages: s.leaked_messages(),
+            active_activities: s.active_activities,
+            pollers: s
+                .control_queues
+                .into_iter()
+                .map(|q| PollerStatus {
+                    ms_since_last_receive: q.since_last_receive.map(millis),
+                    ms_paused: q.paused_for.map(millis),
+                    fenced: q.fenced,
+                    control_queue: q.control_queue,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[async_trait]
+impl ProviderAdmin for AzureStorageOrchestrationService {
+    async fn hub_status(&self) -> Result<HubStatus, ProviderError> {
+        Ok(HubStatus::from(hub_info(&self.inner).await?))
+    }
+
+    async fn partitions(&self) -> Result<Vec<PartitionStatus>, ProviderError> {
+        let owners = self.inner.partitions.owners().await.map_err(|e| {
+            super::perr(durabletask_core::ProviderErrorKind::Transient, "partitions", e.to_string())
+        })?;
+        Ok(owners
+            .into_iter()
+            .map(|o| PartitionStatus {
+                control_queue: o.control_queue,
+                owner: o.owner,
+                next_owner: o.next_owner,
+                expires_at: o.expires_at,
+            })
+            .collect())
+    }
+
+    fn processing_status(&self) -> Option<ProcessingStatus> {
+        Some(ProcessingStatus::from(self.stats()))
+    }
+
+    fn not_ready(&self) -> Option<String> {
+        let stats = self.stats();
+        let limit = self.inner.settings.lease_interval;
+        if let Some(q) = stats.control_queues.iter().find(|q| q.fenced) {
+            return Some(format!(
+                "control queue {} is fenced: its lease could not be renewed in time (storage slow or unreachable)",
+                q.control_queue
+            ));
+        }
+        let silent = stats.control_queues.iter().find(|q| {
+            q.since_last_receive.is_some_and(|d| d > limit)
+                || q.paused_for.is_some_and(|d| d > limit)
+        });
+        if let Some(q) = silent {
+            return Some(format!(
+                "control queue {} has not been received from for longer than the lease interval ({limit:?})",
+                q.control_queue
+            ));
+        }
+        (stats.leaked_messages() > 0).then(|| {
+            format!("{} held messages are neither buffered nor in flight", stats.leaked_messages())
+        })
+    }
 }

@@ -21,9 +21,8 @@ fn provider(hub: &str) -> (AzureStorageOrchestrationService, InMemoryStorage, St
     settings.lease_renew_interval = Duration::from_millis(200);
     let names = ResourceNames::new(&settings.task_hub_name, 1);
     let queue = names.control_queues[0].clone();
-    let url = format!("http://memory.invalid/account/{}", names.large_messages_container);
     let storage = InMemoryStorage::new();
-    let svc = AzureStorageOrchestrationService::with_storage(settings, storage.stack(url))
+    let svc = AzureStorageOrchestrationService::with_storage(settings, storage.hub_stack(&names))
         .expect("valid settings");
     (svc, storage, queue)
 }

@@ -1,5 +1,5 @@
 //! [`FaultyStorage`]: a fault-injecting decorator over the three storage traits, for reliability
-//! tests (reliability-plan §4.3).
+//! tests.
 //!
 //! It wraps the real clients and, per call, may
 //!

@@ -187,6 +187,12 @@ impl InMemoryStorage {
         }
     }
 
+    /// A provider storage stack for the task hub named by `names` (its large-message container
+    /// URL in a reserved, never-resolved domain).
+    pub fn hub_stack(&self, names: &crate::ResourceNames) -> StorageStack {
+        self.stack(format!("http://memory.invalid/account/{}", names.large_messages_container))
+    }
+
     /// Every message of `queue`, visible or not, in the order they were put, without receiving
     /// them and without a storage call (for test assertions). Empty if the queue does not exist.
     pub fn peek_all(&self, queue: &str) -> Vec<ReceivedMessage> {

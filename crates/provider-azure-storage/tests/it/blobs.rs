@@ -12,9 +12,9 @@ use durabletask_azure_storage::storage::{
 };
 use durabletask_azure_storage::{AzureStorageOrchestrationService, ResourceNames, StorageStack};
 use durabletask_core::{
-    ActivityContext, EventKind, HistoryEvent, OrchestrationContext, OrchestrationInstance,
-    OrchestrationService, OrchestrationStatus, Registry, StartOptions, TaskHubClient,
-    TaskHubWorker, TaskMessage, WorkerOptions,
+    ActivityContext, Dispatchers, EventKind, HistoryEvent, OrchestrationContext,
+    OrchestrationInstance, OrchestrationService, OrchestrationStatus, Registry, StartOptions,
+    TaskHubClient, TaskMessage, WorkerOptions,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,7 +85,7 @@ fn registry() -> Registry {
 struct Hub {
     svc: AzureStorageOrchestrationService,
     client: TaskHubClient,
-    worker: Option<TaskHubWorker>,
+    worker: Option<Dispatchers>,
     stack: StorageStack,
     names: ResourceNames,
     storage: AzureStorage,
@@ -146,7 +146,7 @@ impl Hub {
     }
 
     async fn start_worker(&mut self) {
-        let worker = TaskHubWorker::start(
+        let worker = Dispatchers::start(
             Arc::new(self.svc.clone()),
             registry(),
             WorkerOptions {

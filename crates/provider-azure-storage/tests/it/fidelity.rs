@@ -6,8 +6,8 @@ use crate::support::{account, provider, test_settings};
 use durabletask_azure_storage::AzureStorageOrchestrationService;
 use durabletask_azure_storage::storage::{AzureStorage, EdmValue, QueueStore, TableStore};
 use durabletask_core::{
-    OrchestrationContext, OrchestrationService, OrchestrationStatus, Registry, StartOptions,
-    TaskHubClient, TaskHubWorker, WorkerOptions,
+    Dispatchers, OrchestrationContext, OrchestrationService, OrchestrationStatus, Registry,
+    StartOptions, TaskHubClient, WorkerOptions,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,14 +29,14 @@ fn registry() -> Registry {
 struct Running {
     svc: AzureStorageOrchestrationService,
     client: TaskHubClient,
-    worker: TaskHubWorker,
+    worker: Dispatchers,
 }
 
 async fn running(test: &str) -> Option<(Running, AzureStorage)> {
     let acct = account(test)?;
     let svc = provider(&acct, test_settings(test, 1));
     svc.create_if_not_exists().await.expect("create hub");
-    let worker = TaskHubWorker::start(Arc::new(svc.clone()), registry(), WorkerOptions::default())
+    let worker = Dispatchers::start(Arc::new(svc.clone()), registry(), WorkerOptions::default())
         .await
         .expect("worker");
     let client = TaskHubClient::new(Arc::new(svc.clone()))

@@ -7,8 +7,8 @@ use crate::support::test_settings;
 use durabletask_azure_storage::AzureStorageOrchestrationService;
 use durabletask_azure_storage::storage::InMemoryStorage;
 use durabletask_core::{
-    ActivityContext, OrchestrationContext, OrchestrationService, OrchestrationStatus, Registry,
-    TaskHubClient, TaskHubWorker, WorkerOptions,
+    ActivityContext, Dispatchers, OrchestrationContext, OrchestrationService, OrchestrationStatus,
+    Registry, TaskHubClient, WorkerOptions,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,12 +32,11 @@ async fn every_storage_call_goes_through_the_concurrency_limit() {
         &settings.task_hub_name,
         settings.partition_count,
     );
-    let url = format!("http://memory.invalid/account/{}", names.large_messages_container);
     let storage = InMemoryStorage::new();
-    let svc = AzureStorageOrchestrationService::with_storage(settings, storage.stack(url))
+    let svc = AzureStorageOrchestrationService::with_storage(settings, storage.hub_stack(&names))
         .expect("valid settings");
     svc.create_if_not_exists().await.expect("create hub");
-    let worker = TaskHubWorker::start(Arc::new(svc.clone()), registry(), WorkerOptions::default())
+    let worker = Dispatchers::start(Arc::new(svc.clone()), registry(), WorkerOptions::default())
         .await
         .expect("worker");
     let client =

@@ -10,9 +10,9 @@ use durabletask_azure_storage::storage::{
 };
 use durabletask_azure_storage::{AzureStorageOrchestrationService, AzureStorageSettings};
 use durabletask_core::{
-    EventKind, ExecutionStartedEvent, HistoryEvent, OrchestrationContext, OrchestrationInstance,
-    OrchestrationService, OrchestrationStatus, Registry, StartOptions, TaskHubClient,
-    TaskHubWorker, TaskMessage, WorkerOptions,
+    Dispatchers, EventKind, ExecutionStartedEvent, HistoryEvent, OrchestrationContext,
+    OrchestrationInstance, OrchestrationService, OrchestrationStatus, Registry, StartOptions,
+    TaskHubClient, TaskMessage, WorkerOptions,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +30,8 @@ fn registry() -> Registry {
         .build()
 }
 
-async fn start_worker(svc: &AzureStorageOrchestrationService) -> TaskHubWorker {
-    TaskHubWorker::start(
+async fn start_worker(svc: &AzureStorageOrchestrationService) -> Dispatchers {
+    Dispatchers::start(
         Arc::new(svc.clone()),
         registry(),
         WorkerOptions { abandon_backoff_base: Duration::from_millis(200), ..Default::default() },
@@ -54,7 +54,7 @@ fn settings(hub_settings: &AzureStorageSettings) -> AzureStorageSettings {
     s
 }
 
-/// Reproduces issue 12's first finding: one receive batch holds, for one instance, stale
+/// Reproduces a worker that stopped for good: one receive batch holds, for one instance, stale
 /// `ExecutionStarted` messages (discarded) next to an event (kept). Before the fix the
 /// discarded ids stayed held, the poller paused at the threshold and never received again, so
 /// the next event was never delivered.
@@ -310,7 +310,7 @@ impl StorageHook for FrozenLeases {
     }
 }
 
-/// Issue 17 §2 / the multi-process flake: when lease renewals time out, the partition is fenced
+/// When lease renewals time out (the multi-process flake), the partition is fenced
 /// (no receives, no checkpoints) but not given up while storage still names us as owner. Its
 /// prepared work item stays in memory with its message invisible, and once the lease table
 /// answers again the same delivery is processed (dequeue count 1). Before, self-fencing called

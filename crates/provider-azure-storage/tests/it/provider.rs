@@ -9,9 +9,9 @@ use durabletask_azure_storage::storage::{
 };
 use durabletask_azure_storage::{AzureStorageOrchestrationService, StorageStack};
 use durabletask_core::{
-    ActivityContext, EventKind, OrchestrationContext, OrchestrationService,
+    ActivityContext, Dispatchers, EventKind, OrchestrationContext, OrchestrationService,
     OrchestrationServiceClient, OrchestrationStatus, ProviderErrorKind, Registry, RegistryBuilder,
-    StartOptions, TaskHubClient, TaskHubWorker, WorkerOptions,
+    StartOptions, TaskHubClient, WorkerOptions,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,13 +55,13 @@ fn registry() -> RegistryBuilder {
 struct Running {
     svc: AzureStorageOrchestrationService,
     client: TaskHubClient,
-    worker: Option<TaskHubWorker>,
+    worker: Option<Dispatchers>,
 }
 
 impl Running {
     async fn start(svc: AzureStorageOrchestrationService) -> Self {
         svc.create_if_not_exists().await.expect("create hub");
-        let worker = TaskHubWorker::start(
+        let worker = Dispatchers::start(
             Arc::new(svc.clone()),
             registry().build(),
             WorkerOptions {

@@ -69,10 +69,10 @@ mod provider_on_memory {
                 &settings.task_hub_name,
                 settings.partition_count,
             );
-            let url = format!("http://memory.invalid/account/{}", names.large_messages_container);
             let storage = InMemoryStorage::new();
-            let svc = AzureStorageOrchestrationService::with_storage(settings, storage.stack(url))
-                .expect("valid settings");
+            let svc =
+                AzureStorageOrchestrationService::with_storage(settings, storage.hub_stack(&names))
+                    .expect("valid settings");
             TestHub {
                 service: Arc::new(svc.clone()),
                 client: Arc::new(svc),

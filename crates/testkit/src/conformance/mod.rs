@@ -1,7 +1,7 @@
 //! The provider conformance suite.
 //!
 //! Every function takes a [`ProviderFactory`] that hands out a fresh, isolated task hub per call,
-//! starts a [`TaskHubWorker`] with the orchestrations it needs, drives it through a
+//! starts a [`Dispatchers`] with the orchestrations it needs, drives it through a
 //! [`TaskHubClient`], asserts on real outcomes and deletes the hub. A provider crate runs each
 //! function as its own `#[tokio::test]`, most simply with [`conformance_tests!`](crate::conformance_tests):
 //!
@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use durabletask_core::{
-    ActivityContext, ActivityError, HistoryEvent, OrchestrationContext, OrchestrationService,
-    OrchestrationServiceClient, OrchestrationState, OrchestrationStatus, RegistryBuilder,
-    TaskHubClient, TaskHubWorker, WorkerOptions,
+    ActivityContext, ActivityError, Dispatchers, HistoryEvent, OrchestrationContext,
+    OrchestrationService, OrchestrationServiceClient, OrchestrationState, OrchestrationStatus,
+    RegistryBuilder, TaskHubClient, WorkerOptions,
 };
 
 pub use answers::*;
@@ -110,7 +110,7 @@ pub struct Harness {
     pub hub: TestHub,
     /// The config.
     pub config: ConformanceConfig,
-    worker: Option<TaskHubWorker>,
+    worker: Option<Dispatchers>,
 }
 
 impl Harness {
@@ -122,7 +122,7 @@ impl Harness {
         let config = factory.config();
         let hub = factory.create_hub().await;
         hub.service.create_if_not_exists().await.expect("create hub");
-        let worker = TaskHubWorker::start(
+        let worker = Dispatchers::start(
             Arc::clone(&hub.service),
             registry.build(),
             config.worker_options.clone(),

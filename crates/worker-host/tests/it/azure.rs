@@ -55,6 +55,17 @@ async fn host_runs_samples_reports_health_and_releases_partitions() {
     let text = format!("{health:?} {}", serde_json::to_string(&health).unwrap());
     assert!(!text.contains("AccountKey"), "{text}");
 
+    // Partitions and their owners from the lease store, through the admin view.
+    let parts =
+        durabletask_worker_host::ProviderAdmin::partitions(worker.azure().unwrap()).await.unwrap();
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert!(
+        parts.iter().all(|p| p.owner.is_some() && p.owner == health.worker_id),
+        "this worker owns both: {parts:?} vs {:?}",
+        health.worker_id
+    );
+    assert!(parts.iter().all(|p| p.expires_at.is_some()), "the table records expiry: {parts:?}");
+
     let svc = worker.azure().unwrap().clone();
     worker.shutdown().await.unwrap();
     assert!(svc.partition_manager().owned_partitions().is_empty(), "shutdown releases partitions");

@@ -171,3 +171,39 @@ fn builder_debug_never_shows_the_connection_string() {
     assert!(!text.contains("c2VjcmV0c2VjcmV0"), "{text}");
     assert!(text.contains("redacted"), "{text}");
 }
+
+/// Health over any provider: the host reports through `ProviderAdmin`, not through Azure types.
+#[tokio::test]
+async fn health_reports_the_hub_through_the_providers_admin_view() {
+    let svc = Arc::new(InMemoryOrchestrationService::default());
+    let worker = memory_builder(&svc)
+        .admin(svc.clone())
+        .register_orchestration("Wait", |ctx: OrchestrationContext, (): ()| async move {
+            ctx.wait_for_external_event::<String>("go").await
+        })
+        .start()
+        .await
+        .unwrap();
+    let client = worker.client();
+    let id = client.start_orchestration("Wait", &()).await.unwrap();
+    // Running, waiting for its event: nothing queued any more.
+    durabletask_testkit::wait::wait_until(Duration::from_secs(30), "running", || async {
+        let s = client.get_state(&id).await.ok().flatten()?;
+        (s.orchestration_status == OrchestrationStatus::Running).then_some(())
+    })
+    .await;
+    client.raise_event(&id, "go", &"now").await.unwrap();
+    let state = client.wait_for_completion(&id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(state.output_as::<String>().unwrap(), "now");
+
+    let health = worker.health().await;
+    assert!(health.ready, "{health:?}");
+    let hub = health.hub.clone().expect("the admin view reports the hub");
+    assert!(hub.exists);
+    assert_eq!(hub.task_hub, "in-memory");
+    assert_eq!(hub.control_queues.len(), 1);
+    assert_eq!(hub.control_queues[0].approximate_length, 0, "{hub:?}");
+    assert_eq!(health.owned_partitions, vec!["orchestrations".to_owned()]);
+    assert!(health.processing.is_none(), "the in-memory provider keeps no poller state");
+    worker.shutdown().await.unwrap();
+}
