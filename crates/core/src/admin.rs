@@ -81,6 +81,19 @@ pub struct PartitionStatus {
     pub expires_at: Option<time::OffsetDateTime>,
 }
 
+/// A quarantined message (one the provider could never decode), as the poison queue holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoisonMessage {
+    /// The poison-queue message id.
+    pub id: String,
+    /// When it was quarantined.
+    #[serde(with = "time::serde::rfc3339")]
+    pub quarantined_at: time::OffsetDateTime,
+    /// The quarantine record (source queue, original message id, dequeue count, reason, the
+    /// original text or the blob holding it), as JSON.
+    pub record: serde_json::Value,
+}
+
 /// The administrative view of a provider, implemented by every backend; the worker host's
 /// health and the operator tools use only this.
 #[async_trait]
@@ -97,6 +110,16 @@ pub trait ProviderAdmin: Send + Sync + fmt::Debug {
     /// # Errors
     /// When storage fails.
     async fn partitions(&self) -> Result<Vec<PartitionStatus>, ProviderError> {
+        Ok(Vec::new())
+    }
+
+    /// Up to `max` (1-32) quarantined messages, oldest first, read without removing them;
+    /// empty for a provider that quarantines nothing.
+    ///
+    /// # Errors
+    /// When storage fails, or `max` is out of range.
+    async fn poison_messages(&self, max: u8) -> Result<Vec<PoisonMessage>, ProviderError> {
+        let _ = max;
         Ok(Vec::new())
     }
 

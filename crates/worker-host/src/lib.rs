@@ -36,7 +36,8 @@ mod tracing_setup;
 #[cfg(feature = "azure")]
 pub use config::{ConfigError, DEFAULT_TASK_HUB, HostSettings, KNOWN_VARS, StorageConnection};
 pub use durabletask_core::admin::{
-    HubStatus, PartitionStatus, PollerStatus, ProcessingStatus, ProviderAdmin, QueueLength,
+    HubStatus, PartitionStatus, PoisonMessage, PollerStatus, ProcessingStatus, ProviderAdmin,
+    QueueLength,
 };
 pub use host::{DEFAULT_DRAIN_TIMEOUT, Health, HostError, TaskHubWorker, TaskHubWorkerBuilder};
 #[cfg(feature = "azure")]

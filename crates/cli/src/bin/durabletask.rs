@@ -26,7 +26,10 @@ use durabletask_core::{
     OrchestrationState, OrchestrationStatus, PurgeFilter, PurgeTimeFilter, StartOptions,
     TaskHubClient,
 };
-use durabletask_worker_host::{HostSettings, HubStatus, StorageConnection, azure_service};
+use durabletask_worker_host::{
+    HostSettings, HubStatus, PartitionStatus, PoisonMessage, ProviderAdmin, StorageConnection,
+    azure_service,
+};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -86,6 +89,14 @@ enum HubCommand {
     },
     /// Queue lengths and partitions.
     Info,
+    /// Every partition and its owner, as the lease store records them.
+    Partitions,
+    /// Quarantined messages (ones no worker can decode), read without removing them.
+    Poison {
+        /// At most this many (1-32).
+        #[arg(long, default_value_t = 32)]
+        max: u8,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -390,6 +401,38 @@ fn hub_table(h: &HubStatus) -> String {
     )
 }
 
+fn partitions_table(parts: &[PartitionStatus]) -> String {
+    let mut t = Table::new(["PARTITION", "OWNER", "NEXT OWNER", "EXPIRES"]);
+    for p in parts {
+        let expires =
+            p.expires_at.and_then(|e| e.format(&Rfc3339).ok()).unwrap_or_else(|| "-".to_owned());
+        t.row([
+            p.control_queue.clone(),
+            p.owner.clone().unwrap_or_else(|| "-".to_owned()),
+            p.next_owner.clone().unwrap_or_else(|| "-".to_owned()),
+            expires,
+        ]);
+    }
+    t.render()
+}
+
+fn poison_table(poisoned: &[PoisonMessage]) -> String {
+    if poisoned.is_empty() {
+        return "no quarantined messages\n".to_owned();
+    }
+    let mut t = Table::new(["ID", "QUARANTINED", "SOURCE QUEUE", "REASON"]);
+    for m in poisoned {
+        let field = |k: &str| m.record[k].as_str().unwrap_or("-").to_owned();
+        t.row([
+            m.id.clone(),
+            m.quarantined_at.format(&Rfc3339).unwrap_or_default(),
+            field("sourceQueue"),
+            field("reason"),
+        ]);
+    }
+    t.render()
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, BoxError> {
     Ok(format!("{}\n", serde_json::to_string_pretty(v)?))
 }
@@ -530,8 +573,16 @@ async fn run(cli: Cli) -> Result<String, BoxError> {
             done(cli.json, "deleted", settings.provider.task_hub_name.as_str(), &msg)
         }
         Command::Hub(HubCommand::Info) => {
-            let status = HubStatus::from(svc.hub_info().await?);
+            let status = svc.hub_status().await?;
             if cli.json { to_json(&status) } else { Ok(hub_table(&status)) }
+        }
+        Command::Hub(HubCommand::Partitions) => {
+            let parts = svc.partitions().await?;
+            if cli.json { to_json(&parts) } else { Ok(partitions_table(&parts)) }
+        }
+        Command::Hub(HubCommand::Poison { max }) => {
+            let poisoned = svc.poison_messages(max).await?;
+            if cli.json { to_json(&poisoned) } else { Ok(poison_table(&poisoned)) }
         }
         Command::Instances(cmd) => {
             let client = TaskHubClient::new(std::sync::Arc::new(svc));

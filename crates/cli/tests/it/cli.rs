@@ -32,6 +32,15 @@ fn cli_manages_a_hub_and_its_instances() {
     assert!(ok, "{err}");
     assert!(out.contains("ready (2 partitions)"), "{out}");
 
+    let (ok, out, err) = cli(&env, &hub, &["--json", "hub", "partitions"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+    assert!(v[0]["owner"].is_null(), "no worker has run: {v}");
+    let (ok, out, err) = cli(&env, &hub, &["hub", "poison"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "no quarantined messages\n");
+
     let (ok, out, err) =
         cli(&env, &hub, &["instances", "start", "HelloCities", "--id", "cli-1", "--input", "null"]);
     assert!(ok, "{err}");

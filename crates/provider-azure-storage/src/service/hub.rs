@@ -7,7 +7,8 @@ use crate::storage::StorageErrorKind;
 use async_trait::async_trait;
 use durabletask_core::ProviderError;
 use durabletask_core::admin::{
-    HubStatus, PartitionStatus, PollerStatus, ProcessingStatus, ProviderAdmin, QueueLength,
+    HubStatus, PartitionStatus, PoisonMessage, PollerStatus, ProcessingStatus, ProviderAdmin,
+    QueueLength,
 };
 
 /// Queue lengths and ownership of a task hub.
@@ -121,6 +122,24 @@ impl ProviderAdmin for AzureStorageOrchestrationService {
                 owner: o.owner,
                 next_owner: o.next_owner,
                 expires_at: o.expires_at,
+            })
+            .collect())
+    }
+
+    async fn poison_messages(&self, max: u8) -> Result<Vec<PoisonMessage>, ProviderError> {
+        let queue = &self.inner.names.poison_queue;
+        let peeked = self
+            .inner
+            .queues
+            .peek_messages(queue, max)
+            .await
+            .map_err(|e| super::provider_error("poison_messages", e))?;
+        Ok(peeked
+            .into_iter()
+            .map(|m| PoisonMessage {
+                record: serde_json::from_str(&m.text).unwrap_or(serde_json::Value::String(m.text)),
+                id: m.id,
+                quarantined_at: m.insertion_time,
             })
             .collect())
     }

@@ -3,8 +3,9 @@
 use super::entity::TableEntity;
 use super::{
     BatchOp, BlobStore, EntityPage, INFINITE_LEASE, MAX_BATCH_BYTES, MAX_BATCH_OPERATIONS,
-    MAX_ENTITY_BYTES, QueueStore, ReceivedMessage, StorageAccount, StorageCounters, StorageError,
-    StorageErrorKind, StorageOp, StorageResult, TableContinuation, TableStore, WriteMode,
+    MAX_ENTITY_BYTES, PeekedMessage, QueueStore, ReceivedMessage, StorageAccount, StorageCounters,
+    StorageError, StorageErrorKind, StorageOp, StorageResult, TableContinuation, TableStore,
+    WriteMode,
 };
 use async_trait::async_trait;
 use azure_core::error::ErrorKind;
@@ -331,6 +332,30 @@ impl QueueStore for AzureStorage {
             .call(StorageOp::QueueAdmin, "get queue metadata", client.get_metadata().into_future())
             .await?;
         Ok(u64::try_from(resp.approximate_messages_count).unwrap_or(u64::MAX))
+    }
+
+    async fn peek_messages(&self, queue: &str, max: u8) -> StorageResult<Vec<PeekedMessage>> {
+        if !(1..=32).contains(&max) {
+            return Err(StorageError::new(
+                StorageErrorKind::InvalidInput,
+                "peek messages",
+                format!("a peek takes 1-32 messages, asked for {max}"),
+            ));
+        }
+        let client = self.queues.queue_client(queue);
+        let fut =
+            client.peek_messages().number_of_messages(NumberOfMessages::new(max)).into_future();
+        let resp = self.call(StorageOp::QueueGet, "peek messages", fut).await?;
+        Ok(resp
+            .messages
+            .into_iter()
+            .map(|m| PeekedMessage {
+                id: m.message_id,
+                dequeue_count: m.dequeue_count,
+                insertion_time: m.insertion_time,
+                text: m.message_text,
+            })
+            .collect())
     }
 }
 

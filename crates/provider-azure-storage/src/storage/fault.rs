@@ -22,8 +22,8 @@
 //! ([`FaultyStorage::stats`]).
 
 use super::{
-    BatchOp, BlobStore, EntityPage, QueueStore, ReceivedMessage, StorageError, StorageErrorKind,
-    StorageOp, StorageResult, TableContinuation, TableEntity, TableStore,
+    BatchOp, BlobStore, EntityPage, PeekedMessage, QueueStore, ReceivedMessage, StorageError,
+    StorageErrorKind, StorageOp, StorageResult, TableContinuation, TableEntity, TableStore,
 };
 use crate::service::StorageStack;
 use async_trait::async_trait;
@@ -496,6 +496,13 @@ impl QueueStore for FaultyStorage {
         })
         .await
     }
+
+    async fn peek_messages(&self, queue: &str, max: u8) -> StorageResult<Vec<PeekedMessage>> {
+        self.run(StorageOp::QueueGet, "peek messages", queue, async {
+            self.queues.peek_messages(queue, max).await
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -681,9 +688,9 @@ mod tests {
                 ..FaultPlan::default()
             };
             let s = FaultyStorage {
-                queues: Arc::new(NoStore),
-                tables: Arc::new(NoStore),
-                blobs: Arc::new(NoStore),
+                queues: Arc::new(crate::storage::InMemoryStorage::new()),
+                tables: Arc::new(crate::storage::InMemoryStorage::new()),
+                blobs: Arc::new(crate::storage::InMemoryStorage::new()),
                 rng: Mutex::new(StdRng::seed_from_u64(plan.seed)),
                 plan,
                 enabled: AtomicBool::new(true),
@@ -698,119 +705,5 @@ mod tests {
         let ambiguous = a.iter().filter(|d| **d == Decision::CommittedTimeout).count();
         assert!((300..500).contains(&errors), "{errors}");
         assert!((120..280).contains(&ambiguous), "{ambiguous}");
-    }
-
-    #[derive(Debug)]
-    struct NoStore;
-
-    #[async_trait]
-    impl QueueStore for NoStore {
-        async fn create_queue_if_not_exists(&self, _: &str) -> StorageResult<()> {
-            Ok(())
-        }
-        async fn delete_queue_if_exists(&self, _: &str) -> StorageResult<()> {
-            Ok(())
-        }
-        async fn put_message(&self, _: &str, _: &str, _: Duration) -> StorageResult<()> {
-            Ok(())
-        }
-        async fn get_messages(
-            &self,
-            _: &str,
-            _: u8,
-            _: Duration,
-        ) -> StorageResult<Vec<ReceivedMessage>> {
-            Ok(Vec::new())
-        }
-        async fn delete_message(&self, _: &str, _: &str, _: &str) -> StorageResult<()> {
-            Ok(())
-        }
-        async fn update_message(
-            &self,
-            _: &str,
-            _: &str,
-            _: &str,
-            _: &str,
-            _: Duration,
-        ) -> StorageResult<String> {
-            Ok(String::new())
-        }
-        async fn approximate_message_count(&self, _: &str) -> StorageResult<u64> {
-            Ok(0)
-        }
-    }
-
-    #[async_trait]
-    impl TableStore for NoStore {
-        async fn create_table_if_not_exists(&self, _: &str) -> StorageResult<()> {
-            Ok(())
-        }
-        async fn delete_table_if_exists(&self, _: &str) -> StorageResult<()> {
-            Ok(())
-        }
-        async fn get_entity(
-            &self,
-            _: &str,
-            _: &str,
-            _: &str,
-        ) -> StorageResult<Option<TableEntity>> {
-            Ok(None)
-        }
-        async fn query(
-            &self,
-            _: &str,
-            _: Option<&str>,
-            _: Option<&[&str]>,
-            _: Option<u32>,
-            _: Option<TableContinuation>,
-        ) -> StorageResult<EntityPage> {
-            Ok(EntityPage::default())
-        }
-        async fn write(&self, _: &str, _: BatchOp) -> StorageResult<Option<String>> {
-            Ok(None)
-        }
-        async fn batch(&self, _: &str, _: Vec<BatchOp>) -> StorageResult<Vec<Option<String>>> {
-            Ok(Vec::new())
-        }
-    }
-
-    #[async_trait]
-    impl BlobStore for NoStore {
-        async fn create_container_if_not_exists(&self, _: &str) -> StorageResult<()> {
-            Ok(())
-        }
-        async fn delete_container_if_exists(&self, _: &str) -> StorageResult<()> {
-            Ok(())
-        }
-        async fn put_blob(
-            &self,
-            _: &str,
-            _: &str,
-            _: Vec<u8>,
-            _: Option<&str>,
-        ) -> StorageResult<()> {
-            Ok(())
-        }
-        async fn get_blob(&self, _: &str, _: &str) -> StorageResult<Option<Vec<u8>>> {
-            Ok(None)
-        }
-        async fn delete_blob_if_exists(&self, _: &str, _: &str) -> StorageResult<()> {
-            Ok(())
-        }
-        async fn list_blobs(&self, _: &str, _: &str) -> StorageResult<Vec<String>> {
-            Ok(Vec::new())
-        }
-        async fn acquire_lease(&self, _: &str, _: &str, _: Duration, _: &str) -> StorageResult<()> {
-            Ok(())
-        }
-        async fn renew_lease(&self, _: &str, _: &str, _: &str) -> StorageResult<()> {
-            Ok(())
-        }
-        async fn release_lease(&self, _: &str, _: &str, _: &str) -> StorageResult<()> {
-            Ok(())
-        }
-        async fn change_lease(&self, _: &str, _: &str, _: &str, _: &str) -> StorageResult<()> {
-            Ok(())
-        }
     }
 }

@@ -1,13 +1,14 @@
 //! [`HookedStorage`]: the one pass-through decorator over the three storage traits. Every call
 //! asks a [`StorageHook`] first (which may hold it, delay it, fail it, or hand back a guard held
-//! for the whole call, such as a concurrency permit), then reaches the inner store; receives
-//! also tell the hook what they took. Decorators that only need to act around calls (the
+//! for the whole call, such as a concurrency permit), then reaches the inner store; the hook may
+//! then turn a success into an error the caller sees (a lost answer), and receives tell it what
+//! they took. Decorators that only need to act around calls (the
 //! [`ConcurrencyLimitedStorage`](super::ConcurrencyLimitedStorage), tests' gates and freezes)
 //! are a hook, not another hand-written delegation of every method.
 
 use super::{
-    BatchOp, BlobStore, EntityPage, QueueStore, ReceivedMessage, StorageOp, StorageResult,
-    TableContinuation, TableEntity, TableStore,
+    BatchOp, BlobStore, EntityPage, PeekedMessage, QueueStore, ReceivedMessage, StorageError,
+    StorageOp, StorageResult, TableContinuation, TableEntity, TableStore,
 };
 use crate::StorageStack;
 use async_trait::async_trait;
@@ -35,6 +36,13 @@ pub trait StorageHook: Send + Sync + fmt::Debug {
     async fn before(&self, call: Call<'_>) -> StorageResult<CallGuard> {
         let _ = call;
         Ok(None)
+    }
+
+    /// After `call` succeeded in the store: `Some(error)` makes the caller see that error
+    /// although the store did the work (a timeout after the service committed).
+    fn lose_answer(&self, call: Call<'_>) -> Option<StorageError> {
+        let _ = call;
+        None
     }
 
     /// After a receive on `queue` took `received` messages, before the caller sees them.
@@ -84,24 +92,33 @@ impl<H: StorageHook + 'static> HookedStorage<H> {
         &self.hook
     }
 
-    async fn pass(&self, op: StorageOp, resource: &str) -> StorageResult<CallGuard> {
-        self.hook.before(Call { op, resource }).await
+    /// One call through the hook: `before`, the call (holding the guard), then `lose_answer`.
+    async fn run<T>(
+        &self,
+        op: StorageOp,
+        resource: &str,
+        call: impl std::future::Future<Output = StorageResult<T>> + Send,
+    ) -> StorageResult<T> {
+        let guard = self.hook.before(Call { op, resource }).await?;
+        let result = call.await;
+        drop(guard);
+        match (result, self.hook.lose_answer(Call { op, resource })) {
+            (Ok(_), Some(lost)) => Err(lost),
+            (result, _) => result,
+        }
     }
 }
 
 #[async_trait]
 impl<H: StorageHook + 'static> QueueStore for HookedStorage<H> {
     async fn create_queue_if_not_exists(&self, queue: &str) -> StorageResult<()> {
-        let _g = self.pass(StorageOp::QueueAdmin, queue).await?;
-        self.queues.create_queue_if_not_exists(queue).await
+        self.run(StorageOp::QueueAdmin, queue, self.queues.create_queue_if_not_exists(queue)).await
     }
     async fn delete_queue_if_exists(&self, queue: &str) -> StorageResult<()> {
-        let _g = self.pass(StorageOp::QueueAdmin, queue).await?;
-        self.queues.delete_queue_if_exists(queue).await
+        self.run(StorageOp::QueueAdmin, queue, self.queues.delete_queue_if_exists(queue)).await
     }
     async fn put_message(&self, queue: &str, text: &str, vis: Duration) -> StorageResult<()> {
-        let _g = self.pass(StorageOp::QueuePut, queue).await?;
-        self.queues.put_message(queue, text, vis).await
+        self.run(StorageOp::QueuePut, queue, self.queues.put_message(queue, text, vis)).await
     }
     async fn get_messages(
         &self,
@@ -109,16 +126,15 @@ impl<H: StorageHook + 'static> QueueStore for HookedStorage<H> {
         max: u8,
         visibility: Duration,
     ) -> StorageResult<Vec<ReceivedMessage>> {
-        let got = {
-            let _g = self.pass(StorageOp::QueueGet, queue).await?;
-            self.queues.get_messages(queue, max, visibility).await?
-        };
+        let got = self
+            .run(StorageOp::QueueGet, queue, self.queues.get_messages(queue, max, visibility))
+            .await?;
         self.hook.after_receive(queue, got.len()).await;
         Ok(got)
     }
     async fn delete_message(&self, queue: &str, id: &str, pop_receipt: &str) -> StorageResult<()> {
-        let _g = self.pass(StorageOp::QueueDelete, queue).await?;
-        self.queues.delete_message(queue, id, pop_receipt).await
+        self.run(StorageOp::QueueDelete, queue, self.queues.delete_message(queue, id, pop_receipt))
+            .await
     }
     async fn update_message(
         &self,
@@ -128,24 +144,28 @@ impl<H: StorageHook + 'static> QueueStore for HookedStorage<H> {
         text: &str,
         visibility: Duration,
     ) -> StorageResult<String> {
-        let _g = self.pass(StorageOp::QueueUpdate, queue).await?;
-        self.queues.update_message(queue, id, pop_receipt, text, visibility).await
+        self.run(
+            StorageOp::QueueUpdate,
+            queue,
+            self.queues.update_message(queue, id, pop_receipt, text, visibility),
+        )
+        .await
+    }
+    async fn peek_messages(&self, queue: &str, max: u8) -> StorageResult<Vec<PeekedMessage>> {
+        self.run(StorageOp::QueueGet, queue, self.queues.peek_messages(queue, max)).await
     }
     async fn approximate_message_count(&self, queue: &str) -> StorageResult<u64> {
-        let _g = self.pass(StorageOp::QueueAdmin, queue).await?;
-        self.queues.approximate_message_count(queue).await
+        self.run(StorageOp::QueueAdmin, queue, self.queues.approximate_message_count(queue)).await
     }
 }
 
 #[async_trait]
 impl<H: StorageHook + 'static> TableStore for HookedStorage<H> {
     async fn create_table_if_not_exists(&self, table: &str) -> StorageResult<()> {
-        let _g = self.pass(StorageOp::TableAdmin, table).await?;
-        self.tables.create_table_if_not_exists(table).await
+        self.run(StorageOp::TableAdmin, table, self.tables.create_table_if_not_exists(table)).await
     }
     async fn delete_table_if_exists(&self, table: &str) -> StorageResult<()> {
-        let _g = self.pass(StorageOp::TableAdmin, table).await?;
-        self.tables.delete_table_if_exists(table).await
+        self.run(StorageOp::TableAdmin, table, self.tables.delete_table_if_exists(table)).await
     }
     async fn get_entity(
         &self,
@@ -153,8 +173,12 @@ impl<H: StorageHook + 'static> TableStore for HookedStorage<H> {
         partition_key: &str,
         row_key: &str,
     ) -> StorageResult<Option<TableEntity>> {
-        let _g = self.pass(StorageOp::TableQuery, table).await?;
-        self.tables.get_entity(table, partition_key, row_key).await
+        self.run(
+            StorageOp::TableQuery,
+            table,
+            self.tables.get_entity(table, partition_key, row_key),
+        )
+        .await
     }
     async fn query(
         &self,
@@ -164,28 +188,34 @@ impl<H: StorageHook + 'static> TableStore for HookedStorage<H> {
         top: Option<u32>,
         continuation: Option<TableContinuation>,
     ) -> StorageResult<EntityPage> {
-        let _g = self.pass(StorageOp::TableQuery, table).await?;
-        self.tables.query(table, filter, select, top, continuation).await
+        self.run(
+            StorageOp::TableQuery,
+            table,
+            self.tables.query(table, filter, select, top, continuation),
+        )
+        .await
     }
     async fn write(&self, table: &str, op: BatchOp) -> StorageResult<Option<String>> {
-        let _g = self.pass(StorageOp::TableWrite, table).await?;
-        self.tables.write(table, op).await
+        self.run(StorageOp::TableWrite, table, self.tables.write(table, op)).await
     }
     async fn batch(&self, table: &str, ops: Vec<BatchOp>) -> StorageResult<Vec<Option<String>>> {
-        let _g = self.pass(StorageOp::TableBatch, table).await?;
-        self.tables.batch(table, ops).await
+        self.run(StorageOp::TableBatch, table, self.tables.batch(table, ops)).await
     }
 }
 
 #[async_trait]
 impl<H: StorageHook + 'static> BlobStore for HookedStorage<H> {
     async fn create_container_if_not_exists(&self, container: &str) -> StorageResult<()> {
-        let _g = self.pass(StorageOp::BlobAdmin, container).await?;
-        self.blobs.create_container_if_not_exists(container).await
+        self.run(
+            StorageOp::BlobAdmin,
+            container,
+            self.blobs.create_container_if_not_exists(container),
+        )
+        .await
     }
     async fn delete_container_if_exists(&self, container: &str) -> StorageResult<()> {
-        let _g = self.pass(StorageOp::BlobAdmin, container).await?;
-        self.blobs.delete_container_if_exists(container).await
+        self.run(StorageOp::BlobAdmin, container, self.blobs.delete_container_if_exists(container))
+            .await
     }
     async fn put_blob(
         &self,
@@ -194,20 +224,26 @@ impl<H: StorageHook + 'static> BlobStore for HookedStorage<H> {
         data: Vec<u8>,
         lease_id: Option<&str>,
     ) -> StorageResult<()> {
-        let _g = self.pass(StorageOp::BlobPut, container).await?;
-        self.blobs.put_blob(container, name, data, lease_id).await
+        self.run(
+            StorageOp::BlobPut,
+            container,
+            self.blobs.put_blob(container, name, data, lease_id),
+        )
+        .await
     }
     async fn get_blob(&self, container: &str, name: &str) -> StorageResult<Option<Vec<u8>>> {
-        let _g = self.pass(StorageOp::BlobGet, container).await?;
-        self.blobs.get_blob(container, name).await
+        self.run(StorageOp::BlobGet, container, self.blobs.get_blob(container, name)).await
     }
     async fn delete_blob_if_exists(&self, container: &str, name: &str) -> StorageResult<()> {
-        let _g = self.pass(StorageOp::BlobDelete, container).await?;
-        self.blobs.delete_blob_if_exists(container, name).await
+        self.run(
+            StorageOp::BlobDelete,
+            container,
+            self.blobs.delete_blob_if_exists(container, name),
+        )
+        .await
     }
     async fn list_blobs(&self, container: &str, prefix: &str) -> StorageResult<Vec<String>> {
-        let _g = self.pass(StorageOp::BlobList, container).await?;
-        self.blobs.list_blobs(container, prefix).await
+        self.run(StorageOp::BlobList, container, self.blobs.list_blobs(container, prefix)).await
     }
     async fn acquire_lease(
         &self,
@@ -216,12 +252,16 @@ impl<H: StorageHook + 'static> BlobStore for HookedStorage<H> {
         duration: Duration,
         proposed_lease_id: &str,
     ) -> StorageResult<()> {
-        let _g = self.pass(StorageOp::BlobLease, container).await?;
-        self.blobs.acquire_lease(container, name, duration, proposed_lease_id).await
+        self.run(
+            StorageOp::BlobLease,
+            container,
+            self.blobs.acquire_lease(container, name, duration, proposed_lease_id),
+        )
+        .await
     }
     async fn renew_lease(&self, container: &str, name: &str, lease_id: &str) -> StorageResult<()> {
-        let _g = self.pass(StorageOp::BlobLease, container).await?;
-        self.blobs.renew_lease(container, name, lease_id).await
+        self.run(StorageOp::BlobLease, container, self.blobs.renew_lease(container, name, lease_id))
+            .await
     }
     async fn release_lease(
         &self,
@@ -229,8 +269,12 @@ impl<H: StorageHook + 'static> BlobStore for HookedStorage<H> {
         name: &str,
         lease_id: &str,
     ) -> StorageResult<()> {
-        let _g = self.pass(StorageOp::BlobLease, container).await?;
-        self.blobs.release_lease(container, name, lease_id).await
+        self.run(
+            StorageOp::BlobLease,
+            container,
+            self.blobs.release_lease(container, name, lease_id),
+        )
+        .await
     }
     async fn change_lease(
         &self,
@@ -239,7 +283,11 @@ impl<H: StorageHook + 'static> BlobStore for HookedStorage<H> {
         lease_id: &str,
         proposed_lease_id: &str,
     ) -> StorageResult<()> {
-        let _g = self.pass(StorageOp::BlobLease, container).await?;
-        self.blobs.change_lease(container, name, lease_id, proposed_lease_id).await
+        self.run(
+            StorageOp::BlobLease,
+            container,
+            self.blobs.change_lease(container, name, lease_id, proposed_lease_id),
+        )
+        .await
     }
 }

@@ -26,9 +26,9 @@ mod filter;
 use super::azure::{check_entity_size, lease_duration_secs, whole_seconds_up};
 use super::entity::{EdmValue, TableEntity};
 use super::{
-    BatchOp, BlobStore, EntityPage, MAX_BATCH_BYTES, MAX_BATCH_OPERATIONS, QueueStore,
-    ReceivedMessage, StorageCounters, StorageError, StorageErrorKind, StorageOp, StorageResult,
-    TableContinuation, TableStore, WriteMode,
+    BatchOp, BlobStore, EntityPage, MAX_BATCH_BYTES, MAX_BATCH_OPERATIONS, PeekedMessage,
+    QueueStore, ReceivedMessage, StorageCounters, StorageError, StorageErrorKind, StorageOp,
+    StorageResult, TableContinuation, TableStore, WriteMode,
 };
 use crate::StorageStack;
 use async_trait::async_trait;
@@ -464,6 +464,30 @@ impl QueueStore for InMemoryStorage {
         let mut s = self.lock();
         let messages = queue_mut(&mut s, queue, "get queue metadata")?;
         Ok(u64::try_from(messages.len()).unwrap_or(u64::MAX))
+    }
+
+    async fn peek_messages(&self, queue: &str, max: u8) -> StorageResult<Vec<PeekedMessage>> {
+        const OP: &str = "peek messages";
+        if !(1..=32).contains(&max) {
+            return Err(invalid(OP, format!("a peek takes 1-32 messages, asked for {max}")));
+        }
+        self.counters.record(StorageOp::QueueGet);
+        let now = self.now();
+        let mut s = self.lock();
+        let messages = queue_mut(&mut s, queue, OP)?;
+        let mut visible: Vec<&Message> =
+            messages.iter().filter(|m| m.next_visible <= now).collect();
+        visible.sort_by_key(|m| m.next_visible);
+        Ok(visible
+            .into_iter()
+            .take(usize::from(max))
+            .map(|m| PeekedMessage {
+                id: m.id.clone(),
+                dequeue_count: m.dequeue_count,
+                insertion_time: whole_second(m.insertion_time),
+                text: m.text.clone(),
+            })
+            .collect())
     }
 }
 

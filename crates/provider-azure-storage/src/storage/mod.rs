@@ -167,6 +167,19 @@ pub struct ReceivedMessage {
     pub text: String,
 }
 
+/// A message read without being received (its visibility and dequeue count unchanged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeekedMessage {
+    /// Service-assigned message id.
+    pub id: String,
+    /// How often it has been received.
+    pub dequeue_count: u64,
+    /// When the message was first enqueued.
+    pub insertion_time: OffsetDateTime,
+    /// The message text as it was put.
+    pub text: String,
+}
+
 /// Queue operations (Azure Queue Storage semantics).
 #[async_trait]
 pub trait QueueStore: Send + Sync + fmt::Debug {
@@ -201,6 +214,9 @@ pub trait QueueStore: Send + Sync + fmt::Debug {
     ) -> StorageResult<String>;
     /// Approximate number of messages in the queue.
     async fn approximate_message_count(&self, queue: &str) -> StorageResult<u64>;
+    /// Reads up to `max` (1-32) visible messages from the front of the queue without receiving
+    /// them: no pop receipt, visibility and dequeue count unchanged.
+    async fn peek_messages(&self, queue: &str, max: u8) -> StorageResult<Vec<PeekedMessage>>;
 }
 
 /// How a table write treats an existing entity.

@@ -17,8 +17,8 @@
 //! operations (the partition manager owns their semantics).
 
 use super::{
-    BatchOp, BlobStore, EntityPage, QueueStore, ReceivedMessage, StorageResult, TableContinuation,
-    TableEntity, TableStore, WriteMode,
+    BatchOp, BlobStore, EntityPage, PeekedMessage, QueueStore, ReceivedMessage, StorageResult,
+    TableContinuation, TableEntity, TableStore, WriteMode,
 };
 use async_trait::async_trait;
 use std::future::Future;
@@ -139,6 +139,9 @@ impl QueueStore for RetryingStorage {
     async fn approximate_message_count(&self, queue: &str) -> StorageResult<u64> {
         self.retry("count messages", |_| self.queues.approximate_message_count(queue)).await
     }
+    async fn peek_messages(&self, queue: &str, max: u8) -> StorageResult<Vec<PeekedMessage>> {
+        self.retry("peek messages", |_| self.queues.peek_messages(queue, max)).await
+    }
 }
 
 #[async_trait]
@@ -247,83 +250,52 @@ impl BlobStore for RetryingStorage {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{StorageError, StorageErrorKind};
+    use super::super::hooks::{Call, CallGuard, HookedStorage, StorageHook};
+    use super::super::{InMemoryStorage, StorageError, StorageErrorKind, StorageOp};
     use super::*;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    /// A queue store whose calls fail `fail_first` times with `kind`, then succeed.
+    /// Over the in-memory store: the first `fail_first` calls fail with `kind` before reaching
+    /// it; with `lose_first_delete`, the first delete happens and its answer is lost.
     #[derive(Debug)]
     struct Flaky {
         calls: AtomicU32,
         fail_first: u32,
         kind: StorageErrorKind,
-        log: Mutex<Vec<&'static str>>,
-    }
-
-    impl Flaky {
-        fn outcome(&self, op: &'static str) -> StorageResult<()> {
-            self.log.lock().unwrap().push(op);
-            let n = self.calls.fetch_add(1, Ordering::SeqCst);
-            if n < self.fail_first {
-                Err(StorageError::new(self.kind, op, "injected"))
-            } else {
-                Ok(())
-            }
-        }
+        lose_first_delete: bool,
+        log: Mutex<Vec<StorageOp>>,
     }
 
     #[async_trait]
-    impl QueueStore for Flaky {
-        async fn create_queue_if_not_exists(&self, _: &str) -> StorageResult<()> {
-            self.outcome("create")
-        }
-        async fn delete_queue_if_exists(&self, _: &str) -> StorageResult<()> {
-            self.outcome("delete queue")
-        }
-        async fn put_message(&self, _: &str, _: &str, _: Duration) -> StorageResult<()> {
-            self.outcome("put")
-        }
-        async fn get_messages(
-            &self,
-            _: &str,
-            _: u8,
-            _: Duration,
-        ) -> StorageResult<Vec<ReceivedMessage>> {
-            self.outcome("get").map(|()| Vec::new())
-        }
-        async fn delete_message(&self, _: &str, _: &str, _: &str) -> StorageResult<()> {
-            // First attempt: "committed but timed out"; the repeat finds the message gone.
+    impl StorageHook for Arc<Flaky> {
+        async fn before(&self, call: Call<'_>) -> StorageResult<CallGuard> {
+            self.log.lock().unwrap().push(call.op);
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
-            self.log.lock().unwrap().push("delete");
-            if n == 0 {
-                Err(StorageError::new(StorageErrorKind::Transient, "delete", "timeout"))
-            } else {
-                Err(StorageError::new(StorageErrorKind::NotFound, "delete", "gone"))
+            if n < self.fail_first {
+                return Err(StorageError::new(self.kind, call.op.name(), "injected"));
             }
+            Ok(None)
         }
-        async fn update_message(
-            &self,
-            _: &str,
-            _: &str,
-            _: &str,
-            _: &str,
-            _: Duration,
-        ) -> StorageResult<String> {
-            self.outcome("update").map(|()| "r".into())
-        }
-        async fn approximate_message_count(&self, _: &str) -> StorageResult<u64> {
-            self.outcome("count").map(|()| 0)
+        fn lose_answer(&self, call: Call<'_>) -> Option<StorageError> {
+            let deletes =
+                self.log.lock().unwrap().iter().filter(|o| **o == StorageOp::QueueDelete).count();
+            (self.lose_first_delete && call.op == StorageOp::QueueDelete && deletes == 1)
+                .then(|| StorageError::new(StorageErrorKind::Transient, "delete", "timeout"))
         }
     }
 
-    fn wrap(flaky: Arc<Flaky>) -> RetryingStorage {
-        let unused: Arc<dyn TableStore> = Arc::new(NoTables);
-        let unused_b: Arc<dyn BlobStore> = Arc::new(NoBlobs);
+    const QUEUE: &str = "queue1";
+
+    /// The retrying decorator over `flaky` over an in-memory store with `QUEUE` created.
+    async fn wrap(flaky: &Arc<Flaky>) -> RetryingStorage {
+        let mem = InMemoryStorage::new();
+        mem.create_queue_if_not_exists(QUEUE).await.unwrap();
+        let hooked = HookedStorage::over(&mem.stack("http://memory.invalid/a/c"), flaky.clone());
         RetryingStorage::new(
-            flaky,
-            unused,
-            unused_b,
+            hooked.clone(),
+            hooked.clone(),
+            hooked,
             RetryPolicy {
                 attempts: 4,
                 base_delay: Duration::from_millis(1),
@@ -333,16 +305,23 @@ mod tests {
     }
 
     fn flaky(fail_first: u32, kind: StorageErrorKind) -> Arc<Flaky> {
-        Arc::new(Flaky { calls: AtomicU32::new(0), fail_first, kind, log: Mutex::new(Vec::new()) })
+        Arc::new(Flaky {
+            calls: AtomicU32::new(0),
+            fail_first,
+            kind,
+            lose_first_delete: false,
+            log: Mutex::new(Vec::new()),
+        })
     }
 
     #[tokio::test]
     async fn transient_failures_of_safe_calls_are_retried() {
         let f = flaky(3, StorageErrorKind::Transient);
-        wrap(f.clone()).put_message("q", "m", Duration::ZERO).await.expect("fourth attempt");
+        wrap(&f).await.put_message(QUEUE, "m", Duration::ZERO).await.expect("fourth attempt");
         assert_eq!(f.calls.load(Ordering::SeqCst), 4);
         let f = flaky(4, StorageErrorKind::Throttled);
-        let err = wrap(f.clone()).get_messages("q", 1, Duration::ZERO).await.unwrap_err();
+        let r = wrap(&f).await;
+        let err = r.get_messages(QUEUE, 1, Duration::from_secs(30)).await.unwrap_err();
         assert_eq!(err.kind(), StorageErrorKind::Throttled, "gives up after the last attempt");
         assert_eq!(f.calls.load(Ordering::SeqCst), 4);
     }
@@ -350,95 +329,33 @@ mod tests {
     #[tokio::test]
     async fn non_retryable_failures_and_unsafe_calls_are_not_retried() {
         let f = flaky(1, StorageErrorKind::Conflict);
-        assert!(wrap(f.clone()).put_message("q", "m", Duration::ZERO).await.is_err());
+        assert!(wrap(&f).await.put_message(QUEUE, "m", Duration::ZERO).await.is_err());
         assert_eq!(f.calls.load(Ordering::SeqCst), 1);
         let f = flaky(1, StorageErrorKind::Transient);
-        assert!(wrap(f.clone()).update_message("q", "i", "p", "t", Duration::ZERO).await.is_err());
+        let r = wrap(&f).await;
+        assert!(r.update_message(QUEUE, "i", "p", "t", Duration::ZERO).await.is_err());
         assert_eq!(f.calls.load(Ordering::SeqCst), 1, "visibility updates are never repeated");
     }
 
     #[tokio::test]
     async fn a_repeated_delete_that_finds_the_message_gone_succeeds() {
-        let f = flaky(0, StorageErrorKind::Transient);
-        wrap(f.clone()).delete_message("q", "i", "p").await.expect("deleted by the first attempt");
-        assert_eq!(*f.log.lock().unwrap(), ["delete", "delete"]);
-    }
-
-    #[derive(Debug)]
-    struct NoTables;
-    #[async_trait]
-    impl TableStore for NoTables {
-        async fn create_table_if_not_exists(&self, _: &str) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn delete_table_if_exists(&self, _: &str) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn get_entity(
-            &self,
-            _: &str,
-            _: &str,
-            _: &str,
-        ) -> StorageResult<Option<TableEntity>> {
-            unreachable!()
-        }
-        async fn query(
-            &self,
-            _: &str,
-            _: Option<&str>,
-            _: Option<&[&str]>,
-            _: Option<u32>,
-            _: Option<TableContinuation>,
-        ) -> StorageResult<EntityPage> {
-            unreachable!()
-        }
-        async fn write(&self, _: &str, _: BatchOp) -> StorageResult<Option<String>> {
-            unreachable!()
-        }
-        async fn batch(&self, _: &str, _: Vec<BatchOp>) -> StorageResult<Vec<Option<String>>> {
-            unreachable!()
-        }
-    }
-
-    #[derive(Debug)]
-    struct NoBlobs;
-    #[async_trait]
-    impl BlobStore for NoBlobs {
-        async fn create_container_if_not_exists(&self, _: &str) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn delete_container_if_exists(&self, _: &str) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn put_blob(
-            &self,
-            _: &str,
-            _: &str,
-            _: Vec<u8>,
-            _: Option<&str>,
-        ) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn get_blob(&self, _: &str, _: &str) -> StorageResult<Option<Vec<u8>>> {
-            unreachable!()
-        }
-        async fn delete_blob_if_exists(&self, _: &str, _: &str) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn list_blobs(&self, _: &str, _: &str) -> StorageResult<Vec<String>> {
-            unreachable!()
-        }
-        async fn acquire_lease(&self, _: &str, _: &str, _: Duration, _: &str) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn renew_lease(&self, _: &str, _: &str, _: &str) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn release_lease(&self, _: &str, _: &str, _: &str) -> StorageResult<()> {
-            unreachable!()
-        }
-        async fn change_lease(&self, _: &str, _: &str, _: &str, _: &str) -> StorageResult<()> {
-            unreachable!()
-        }
+        let f = Arc::new(Flaky {
+            lose_first_delete: true,
+            ..Arc::into_inner(flaky(0, StorageErrorKind::Transient)).unwrap()
+        });
+        let r = wrap(&f).await;
+        r.put_message(QUEUE, "m", Duration::ZERO).await.unwrap();
+        let m = r.get_messages(QUEUE, 1, Duration::from_secs(30)).await.unwrap().remove(0);
+        r.delete_message(QUEUE, &m.id, &m.pop_receipt).await.expect("deleted by the first attempt");
+        let deletes: Vec<StorageOp> = f
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .filter(|o| *o == StorageOp::QueueDelete)
+            .collect();
+        assert_eq!(deletes, [StorageOp::QueueDelete, StorageOp::QueueDelete], "retried once");
+        assert_eq!(r.approximate_message_count(QUEUE).await.unwrap(), 0);
     }
 }

@@ -195,6 +195,14 @@ async fn newer_version_messages_wait_then_are_quarantined() {
         (st.approximate_message_count(&q).await.ok()? == 0).then_some(())
     })
     .await;
+    // Operators read it through the provider's admin view, without removing it.
+    for _ in 0..2 {
+        let poisoned =
+            durabletask_core::admin::ProviderAdmin::poison_messages(&old, 32).await.expect("peek");
+        assert_eq!(poisoned.len(), 1, "{poisoned:?}");
+        assert_eq!(poisoned[0].record["sourceQueue"], q.as_str(), "{poisoned:?}");
+        assert!(poisoned[0].record["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    }
     old.stop(false).await.expect("stop");
     old.delete().await.expect("delete hub");
 }

@@ -186,6 +186,7 @@ macro_rules! storage_conformance_tests {
             queue_receive_batch_limits,
             queue_redelivery_order,
             queue_visibility_limit,
+            queue_peek_reads_without_receiving,
             table_admin_is_idempotent_and_missing_tables_are_not_found,
             table_write_modes,
             table_batch_guarded_by_sentinel_etag,

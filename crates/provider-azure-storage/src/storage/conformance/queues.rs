@@ -43,6 +43,36 @@ pub async fn queue_admin_is_idempotent_and_missing_queues_are_not_found(f: &dyn 
     assert_eq!(kinds, [StorageErrorKind::NotFound; 3]);
 }
 
+/// A peek reads visible messages from the front without receiving them: no dequeue, no change
+/// of visibility, invisible messages left out, the batch limit enforced.
+pub async fn queue_peek_reads_without_receiving(f: &dyn StorageFactory) {
+    let s = sut!(f, "storage::queue_peek_reads_without_receiving");
+    let q = &*s.stores.queues;
+    let name = queue(&s, "p").await;
+    q.put_message(&name, "first", Duration::ZERO).await.unwrap();
+    q.put_message(&name, "second", Duration::ZERO).await.unwrap();
+    q.put_message(&name, "later", Duration::from_secs(60)).await.unwrap();
+    let peeked = q.peek_messages(&name, 32).await.unwrap();
+    let texts: Vec<&str> = peeked.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["first", "second"], "visible messages only, in order");
+    assert!(peeked.iter().all(|m| m.dequeue_count == 0), "{peeked:?}");
+    assert_eq!(q.peek_messages(&name, 1).await.unwrap().len(), 1);
+    // Still there to receive, first delivery.
+    let got = q.get_messages(&name, 32, SECS_30).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|m| m.dequeue_count == 1), "{got:?}");
+    assert_eq!(got[0].id, peeked[0].id);
+    // Received messages are invisible: nothing to peek now.
+    assert!(q.peek_messages(&name, 32).await.unwrap().is_empty());
+    for bad in [0, 33] {
+        let e = q.peek_messages(&name, bad).await.unwrap_err();
+        assert_eq!(e.kind(), StorageErrorKind::InvalidInput, "{bad}: {e}");
+    }
+    let missing = s.queue("nopeek");
+    assert_eq!(q.peek_messages(&missing, 1).await.unwrap_err().kind(), StorageErrorKind::NotFound);
+    q.delete_queue_if_exists(&name).await.unwrap();
+}
+
 /// A received message is hidden for its visibility timeout, then redelivered with the same ID,
 /// a higher dequeue count and a new pop receipt.
 pub async fn queue_receive_hides_and_redelivers(f: &dyn StorageFactory) {
