@@ -180,3 +180,39 @@ async fn a_first_checkpoint_costs_one_send_one_history_batch_one_row_write_and_o
     svc.release_orchestration_work_item(&wi).await.expect("release");
     svc.stop(false).await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_stored_history_is_a_typed_error_and_its_messages_wait() {
+    let (svc, storage, queue) = provider("unitcorrupt");
+    svc.create_if_not_exists().await.expect("create hub");
+    let now = time::OffsetDateTime::now_utc();
+    svc.create_orchestration(start("bad", "e1", now), &[]).await.expect("create");
+    // A history with two ExecutionStarted events (what corrupted storage could hold).
+    let inner = &svc.inner;
+    let events = vec![start("bad", "e1", now).event, start("bad", "e1", now).event];
+    super::tracking::write_history(inner, "bad", "e1", 0, &events, None, now)
+        .await
+        .expect("write history");
+    // The start was consumed long ago; an event arrives for the instance.
+    for m in storage.get_messages(&queue, 32, Duration::from_secs(30)).await.expect("receive") {
+        storage.delete_message(&queue, &m.id, &m.pop_receipt).await.expect("delete");
+    }
+    outbound::send(inner, event_to("bad"), None, None, Duration::ZERO).await.expect("send");
+    svc.start().await.expect("start");
+    let err = svc
+        .lock_next_orchestration_work_item(Duration::from_secs(30))
+        .await
+        .expect_err("a corrupt history is not presented as an empty one");
+    assert_eq!(err.kind(), durabletask_core::ProviderErrorKind::Permanent, "{err}");
+    assert!(err.to_string().contains("stored history of 'bad' is corrupt"), "{err}");
+    // Nothing was lost: the event waits (deferred with the back-off), nothing was locked.
+    assert_eq!(storage.approximate_message_count(&queue).await.expect("count"), 1);
+    assert_eq!(svc.stats().held_messages, 0);
+    assert!(
+        svc.lock_next_orchestration_work_item(Duration::from_millis(300))
+            .await
+            .expect("no error while it waits")
+            .is_none()
+    );
+    svc.stop(false).await.expect("stop");
+}

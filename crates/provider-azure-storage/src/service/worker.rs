@@ -153,10 +153,9 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             };
             let runtime_state = match OrchestrationRuntimeState::from_history(p.history.events) {
                 Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(instance_id = %p.instance_id, error = %e, "GeneralWarning: stored history is invalid; presenting an empty history");
-                    OrchestrationRuntimeState::new()
-                }
+                // Never an empty history, which would run the instance from the start: the
+                // messages wait with the poison back-off and the dispatcher sees the error.
+                Err(e) => return Err(corrupt_history(inner, &p.instance_id, &p.messages, &e).await),
             };
             let locked_until =
                 p.messages.iter().map(|m| m.next_visible).min().unwrap_or_else(|| {
@@ -412,6 +411,28 @@ impl OrchestrationService for AzureStorageOrchestrationService {
             Err(e) => Err(provider_error(OP, e)),
         }
     }
+}
+
+/// A prepared work item whose stored history is invalid (e.g. two `ExecutionStarted`): its
+/// messages are deferred with the poison back-off, the cached history is forgotten, and the
+/// typed error is returned to the dispatcher.
+async fn corrupt_history(
+    inner: &Arc<Inner>,
+    instance_id: &str,
+    batch: &[Buffered],
+    e: &durabletask_core::state::InvalidHistoryError,
+) -> ProviderError {
+    tracing::error!(instance_id, error = %e, "OrchestrationProcessingFailure: stored history is corrupt; its messages wait");
+    inner.control.cache_invalidate(instance_id);
+    let deliveries = batch.iter().map(|m| m.dequeue_count).max().unwrap_or(1);
+    messages::defer_messages(inner, batch, messages::poison_backoff(deliveries)).await;
+    let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
+    prefetch::finish(inner, instance_id, &ids);
+    perr(
+        ProviderErrorKind::Permanent,
+        "lock_next_orchestration_work_item",
+        format!("the stored history of '{instance_id}' is corrupt: {e}"),
+    )
 }
 
 /// The next work-item queue message (from the prefetched batch, or a new receive of up to
