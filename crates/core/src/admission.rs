@@ -24,7 +24,9 @@
 //! Waits that grow with the delivery count use DTF's back-off ([`dtf_abandon`]).
 //!
 //! A start of another execution (a new instance, a recreation) bypasses the last two rules: the
-//! dispatcher decides recreations ([`crate::runtime::process_work_item`]).
+//! dispatcher decides recreations ([`crate::runtime::process_work_item`]). A sub-orchestration
+//! start that the same parent task sent again does not: the dispatcher would drop it, and with
+//! it a response batched beside it that was needed to repair a terminal instance's row.
 
 use std::fmt;
 use std::time::Duration;
@@ -404,6 +406,37 @@ pub fn history_terminal_status(events: &[HistoryEvent]) -> Option<OrchestrationS
     })
 }
 
+/// Whether `start` is a sub-orchestration start from the same parent execution and task as
+/// `current` (the stored execution's start): a resend after the parent's checkpoint failed, not
+/// a request for a new execution.
+pub fn resent_by_the_same_parent_task(
+    current: Option<&crate::history::ExecutionStartedEvent>,
+    start: &crate::history::ExecutionStartedEvent,
+) -> bool {
+    let (Some(new), Some(old)) =
+        (start.parent_instance.as_ref(), current.and_then(|s| s.parent_instance.as_ref()))
+    else {
+        return false;
+    };
+    new.orchestration_instance == old.orchestration_instance
+        && new.task_schedule_id == old.task_schedule_id
+}
+
+/// Whether `m` asks for a new execution the dispatcher will start: a start of another execution
+/// than the stored one, unless it is the same parent task's sub-orchestration start sent again
+/// (which the dispatcher drops, so it must not exempt the batch from the instance rules).
+fn starts_new_execution(m: &TaskMessage, history: &[HistoryEvent], current: Option<&str>) -> bool {
+    let EventKind::ExecutionStarted(s) = &m.event.kind else { return false };
+    if current.is_some() && s.orchestration_instance.execution_id.as_deref() == current {
+        return false;
+    }
+    let stored = history.iter().find_map(|e| match &e.kind {
+        EventKind::ExecutionStarted(s) => Some(s),
+        _ => None,
+    });
+    !resent_by_the_same_parent_task(stored, s)
+}
+
 fn start_execution(m: &TaskMessage) -> Option<Option<&str>> {
     match &m.event.kind {
         EventKind::ExecutionStarted(s) => Some(s.orchestration_instance.execution_id.as_deref()),
@@ -434,8 +467,7 @@ pub fn admit(input: &AdmissionInput<'_>) -> Admission {
     };
     // A start of another execution (new instance, recreation) is the dispatcher's to decide.
     let starts_another = input.messages.iter().zip(&decision.verdicts).any(|(c, v)| {
-        *v == Verdict::Run
-            && start_execution(c.message).is_some_and(|e| current.is_none() || e != current)
+        *v == Verdict::Run && starts_new_execution(c.message, input.history, current)
     });
     if decision.runs()
         && !starts_another

@@ -28,6 +28,31 @@ fn sub_start(exec: &str) -> TaskMessage {
     m
 }
 
+/// A sub-orchestration start of execution `exec` from parent `p` execution `pe`, task 7.
+fn resent_sub_start(exec: &str) -> TaskMessage {
+    let mut m = sub_start(exec);
+    if let EventKind::ExecutionStarted(s) = &mut m.event.kind
+        && let Some(p) = s.parent_instance.as_mut()
+    {
+        p.task_schedule_id = 7;
+    }
+    m
+}
+
+/// [`history`] of a child started by parent `p` execution `pe` at its task 7.
+fn sub_history(exec: &str, status: Option<OrchestrationStatus>) -> Vec<HistoryEvent> {
+    let mut h = history(exec, status);
+    if let EventKind::ExecutionStarted(s) = &mut h[1].kind {
+        s.parent_instance = Some(ParentInstance {
+            name: Some("Parent".into()),
+            version: None,
+            orchestration_instance: OrchestrationInstance::with_execution("p", "pe"),
+            task_schedule_id: 7,
+        });
+    }
+    h
+}
+
 fn to(exec: &str, kind: EventKind) -> TaskMessage {
     TaskMessage::new(
         OrchestrationInstance::with_execution("i", exec),
@@ -369,6 +394,33 @@ fn cases() -> Vec<Case> {
             vec![(start("e2", secs(5)), 1), (event(""), 1)],
             history("e1", Some(Completed)),
             row("e2", Pending, secs(5)),
+            decided(vec![Run, Run]),
+        ),
+        case(
+            "a parent's resent start of a terminal child, with a response: repair, nothing runs",
+            vec![(resent_sub_start("c2"), 1), (completed("c1", 0), 2)],
+            sub_history("c1", Some(Completed)),
+            row("c1", Running, T0),
+            Expect::Decided(
+                vec![
+                    discard(DiscardReason::InstanceTerminal(Completed)),
+                    discard(DiscardReason::InstanceTerminal(Completed)),
+                ],
+                Some(InstanceAction::RepairRow { status: Completed }),
+            ),
+        ),
+        case(
+            "a parent's resent start of a running child is the dispatcher's duplicate",
+            vec![(resent_sub_start("c2"), 1)],
+            sub_history("c1", None),
+            row("c1", Running, T0),
+            decided(vec![Run]),
+        ),
+        case(
+            "another parent task's start of a terminal child recreates it",
+            vec![(sub_start("c2"), 1), (completed("c1", 0), 2)],
+            sub_history("c1", Some(Completed)),
+            row("c1", Completed, T0),
             decided(vec![Run, Run]),
         ),
         case(

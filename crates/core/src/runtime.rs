@@ -76,14 +76,7 @@ fn resent_by_the_same_parent_task(
     state: &OrchestrationRuntimeState,
     start: &crate::history::ExecutionStartedEvent,
 ) -> bool {
-    let (Some(new), Some(old)) = (
-        start.parent_instance.as_ref(),
-        state.execution_started().and_then(|s| s.parent_instance.as_ref()),
-    ) else {
-        return false;
-    };
-    new.orchestration_instance == old.orchestration_instance
-        && new.task_schedule_id == old.task_schedule_id
+    crate::admission::resent_by_the_same_parent_task(state.execution_started(), start)
 }
 
 /// Processes an orchestration work item: `state` is the history the provider loaded, `messages`

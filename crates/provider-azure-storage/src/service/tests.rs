@@ -216,3 +216,39 @@ async fn a_corrupt_stored_history_is_a_typed_error_and_its_messages_wait() {
     );
     svc.stop(false).await.expect("stop");
 }
+
+#[tokio::test]
+async fn a_terminal_history_whose_row_write_was_lost_gets_its_row_repaired_by_the_next_message() {
+    let (svc, _storage, queue) = provider("unitrepair");
+    svc.create_if_not_exists().await.expect("create hub");
+    let now = time::OffsetDateTime::now_utc();
+    svc.create_orchestration(start("r", "e1", now), &[]).await.expect("create");
+    let inner = &svc.inner;
+    // History ran to completion; the Instances row still says Pending (its write was lost).
+    let events = vec![
+        HistoryEvent::new(-1, now, EventKind::OrchestratorStarted),
+        start("r", "e1", now).event,
+        HistoryEvent::new(
+            0,
+            now,
+            EventKind::ExecutionCompleted {
+                orchestration_status: OrchestrationStatus::Completed,
+                result: Some("14".into()),
+                failure_details: None,
+            },
+        ),
+        HistoryEvent::new(-1, now, EventKind::OrchestratorCompleted),
+    ];
+    super::tracking::write_history(inner, "r", "e1", 0, &events, None, now).await.expect("history");
+    let _ = receive(&svc, &queue).await; // the start, consumed
+    outbound::send(inner, event_to("r"), None, None, Duration::ZERO).await.expect("send");
+    let batch = receive(&svc, &queue).await;
+    let batch: Vec<Buffered> =
+        batch.into_iter().filter(|m| m.message.orchestration_instance.instance_id == "r").collect();
+    assert_eq!(batch.len(), 1, "the event");
+    let prepared = prefetch::build(inner, "r", &queue, batch).await.expect("prefetch");
+    assert!(prepared.is_none(), "a terminal instance runs nothing");
+    let state = svc.get_state("r", true).await.expect("state").expect("row");
+    assert_eq!(state.orchestration_status, OrchestrationStatus::Completed, "repaired from history");
+    assert_eq!(state.output.as_deref(), Some("14"));
+}
