@@ -196,12 +196,8 @@ pub async fn audit(
                 .rev()
                 .map(|e| format!("{}#{}", e.event_type(), e.event_id))
                 .collect();
-            let history_exec = history.iter().find_map(|e| match &e.kind {
-                durabletask_core::EventKind::ExecutionStarted(s) => {
-                    s.orchestration_instance.execution_id.clone()
-                }
-                _ => None,
-            });
+            let history_exec =
+                durabletask_core::admission::history_execution(&history).map(str::to_owned);
             a.problem(format!(
                 "{id}: stuck in {} (row execution {:?}, history execution {:?}, {} events, last {:?})",
                 state.orchestration_status.as_str(),
@@ -241,10 +237,8 @@ pub async fn audit(
             .collect();
         // The Instances row must name the execution the history holds (a recreation storm once
         // left them on different executions).
-        let history_exec = history.iter().find_map(|e| match &e.kind {
-            EventKind::ExecutionStarted(s) => s.orchestration_instance.execution_id.clone(),
-            _ => None,
-        });
+        let history_exec =
+            durabletask_core::admission::history_execution(&history).map(str::to_owned);
         let same_execution = history_exec.as_deref() == Some(exec.as_str());
         if !same_execution {
             a.problem(format!(

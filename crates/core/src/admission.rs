@@ -390,12 +390,17 @@ pub fn answers_unknown_events(history: &[HistoryEvent], messages: &[Candidate<'_
         .any(|(target, is_timer)| !scheduled_in(history, target, is_timer))
 }
 
-/// The execution the history holds.
-pub fn history_execution(events: &[HistoryEvent]) -> Option<&str> {
+/// The `ExecutionStarted` of the execution the history holds.
+pub fn history_start(events: &[HistoryEvent]) -> Option<&crate::history::ExecutionStartedEvent> {
     events.iter().find_map(|e| match &e.kind {
-        EventKind::ExecutionStarted(s) => s.orchestration_instance.execution_id.as_deref(),
+        EventKind::ExecutionStarted(s) => Some(s),
         _ => None,
     })
+}
+
+/// The execution the history holds.
+pub fn history_execution(events: &[HistoryEvent]) -> Option<&str> {
+    history_start(events).and_then(|s| s.orchestration_instance.execution_id.as_deref())
 }
 
 /// The terminal status of the history, if it has completed.
@@ -430,11 +435,7 @@ fn starts_new_execution(m: &TaskMessage, history: &[HistoryEvent], current: Opti
     if current.is_some() && s.orchestration_instance.execution_id.as_deref() == current {
         return false;
     }
-    let stored = history.iter().find_map(|e| match &e.kind {
-        EventKind::ExecutionStarted(s) => Some(s),
-        _ => None,
-    });
-    !resent_by_the_same_parent_task(stored, s)
+    !resent_by_the_same_parent_task(history_start(history), s)
 }
 
 fn start_execution(m: &TaskMessage) -> Option<Option<&str>> {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use durabletask_core::admission::{
     Admission, AdmissionInput, AdmissionRules, Candidate, InstanceAction, RowState, RowView,
-    Verdict, admit,
+    Verdict, admit, history_execution,
 };
 use durabletask_core::provider::{
     ActivityWorkItem, LockToken, OrchestrationQuery, OrchestrationService,
@@ -143,13 +143,6 @@ fn start_time_after(t: OffsetDateTime, replaced: Option<OffsetDateTime>) -> Offs
 
 fn is_start(m: &TaskMessage) -> bool {
     matches!(m.event.kind, EventKind::ExecutionStarted(_))
-}
-
-fn history_execution_id(history: &[HistoryEvent]) -> Option<&str> {
-    history.iter().find_map(|e| match &e.kind {
-        EventKind::ExecutionStarted(s) => s.orchestration_instance.execution_id.as_deref(),
-        _ => None,
-    })
 }
 
 impl InMemoryOrchestrationService {
@@ -602,7 +595,7 @@ impl OrchestrationService for InMemoryOrchestrationService {
                 let past = cp.runtime_state.past_events().len();
                 if past > 0 {
                     let stored = hub.instances.get(&id).map(|i| {
-                        (i.history.len(), history_execution_id(&i.history).map(str::to_owned))
+                        (i.history.len(), history_execution(&i.history).map(str::to_owned))
                     });
                     let expected_exec = cp.runtime_state.execution_id().map(str::to_owned);
                     if stored != Some((past, expected_exec)) {
@@ -964,7 +957,7 @@ impl OrchestrationServiceClient for InMemoryOrchestrationService {
             return Ok(Vec::new());
         };
         if let Some(e) = execution_id
-            && history_execution_id(&i.history) != Some(e)
+            && history_execution(&i.history) != Some(e)
         {
             return Err(err(
                 ProviderErrorKind::NotFound,

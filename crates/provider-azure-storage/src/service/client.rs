@@ -448,10 +448,7 @@ impl OrchestrationServiceClient for AzureStorageOrchestrationService {
             .await
             .map_err(|e| provider_error(OP, e))?;
         if let Some(want) = execution_id {
-            let current = h.events.iter().find_map(|e| match &e.kind {
-                EventKind::ExecutionStarted(s) => s.orchestration_instance.execution_id.as_deref(),
-                _ => None,
-            });
+            let current = durabletask_core::admission::history_execution(&h.events);
             if current != Some(want) {
                 return Err(perr(
                     ProviderErrorKind::NotFound,
