@@ -138,6 +138,9 @@ pub struct AzureBackend {
     account: StorageAccount,
     /// Control-queue partitions of each hub (`None`: the provider's default).
     pub partition_count: Option<u8>,
+    /// Buffered control-queue messages before polling pauses (`None`: the provider's default).
+    /// It bounds how many operations one entity batch can hold (E1).
+    pub control_queue_buffer_threshold: Option<usize>,
 }
 
 impl fmt::Debug for AzureBackend {
@@ -146,6 +149,7 @@ impl fmt::Debug for AzureBackend {
         f.debug_struct("AzureBackend")
             .field("account", &self.account)
             .field("partition_count", &self.partition_count)
+            .field("control_queue_buffer_threshold", &self.control_queue_buffer_threshold)
             .finish()
     }
 }
@@ -159,6 +163,7 @@ impl AzureBackend {
         Ok(Self {
             account: StorageAccount::from_connection_string(connection_string)?,
             partition_count: None,
+            control_queue_buffer_threshold: None,
         })
     }
 
@@ -171,6 +176,9 @@ impl AzureBackend {
         let mut settings = AzureStorageSettings::new(TaskHubName::new(hub)?);
         if let Some(n) = self.partition_count {
             settings.partition_count = n;
+        }
+        if let Some(n) = self.control_queue_buffer_threshold {
+            settings.control_queue_buffer_threshold = n;
         }
         Ok(settings)
     }

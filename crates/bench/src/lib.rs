@@ -10,6 +10,14 @@
 //! * **W4** one orchestration of 200 sequential activities; per-activity cost of the first 50 vs
 //!   the last 50 shows whether cost grows with history length.
 //! * **W5** start-to-completion latency of a 1-activity orchestration on an idle hub, 50 runs.
+//! * **E1** 2000 signals from the client to one counter entity (a hot entity): entity
+//!   operations/s, compared with the 64 operations/s on one entity that Durable Functions
+//!   publishes as its target.
+//! * **E2** the same 2000 signals spread round-robin over 100 counter entities.
+//!
+//! E1 and E2 end when every counter shows exactly the signals sent to it (a counter that goes
+//! past that, or does not get there, fails the workload). They report storage operations per
+//! entity operation and operations per checkpointed batch.
 //!
 //! Every workload gets a fresh task hub and runs worker and client in this process. With the
 //! Azure provider a raw capacity probe of the storage account ([`probe`]) turns the measured
@@ -55,7 +63,8 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
-    /// An orchestration ended in an unexpected state or produced a wrong result.
+    /// An orchestration ended in an unexpected state or produced a wrong result, or an entity
+    /// counter did not end at the signals sent to it.
     #[error("workload {workload}: {message}")]
     Workload {
         /// The workload.
@@ -84,12 +93,23 @@ pub enum Workload {
     W4,
     /// Start-to-completion latency on an idle hub.
     W5,
+    /// Client signals to one hot counter entity.
+    E1,
+    /// Client signals spread over 100 counter entities.
+    E2,
 }
 
 impl Workload {
     /// All workloads in order.
-    pub const ALL: [Workload; 5] =
-        [Workload::W1, Workload::W2, Workload::W3, Workload::W4, Workload::W5];
+    pub const ALL: [Workload; 7] = [
+        Workload::W1,
+        Workload::W2,
+        Workload::W3,
+        Workload::W4,
+        Workload::W5,
+        Workload::E1,
+        Workload::E2,
+    ];
 
     /// `"W1"` ...
     pub fn id(self) -> &'static str {
@@ -99,7 +119,14 @@ impl Workload {
             Workload::W3 => "W3",
             Workload::W4 => "W4",
             Workload::W5 => "W5",
+            Workload::E1 => "E1",
+            Workload::E2 => "E2",
         }
+    }
+
+    /// Whether this is a durable-entity workload (E1, E2).
+    pub fn is_entity(self) -> bool {
+        matches!(self, Workload::E1 | Workload::E2)
     }
 
     /// One-line description.
@@ -110,6 +137,8 @@ impl Workload {
             Workload::W3 => "orchestrations x 10 external events raised by the client",
             Workload::W4 => "one orchestration of sequential activities (history growth)",
             Workload::W5 => "start-to-completion latency, 1 activity, idle hub",
+            Workload::E1 => "client signals to one counter entity (hot entity)",
+            Workload::E2 => "client signals round-robin over 100 counter entities",
         }
     }
 }
@@ -129,12 +158,14 @@ impl FromStr for Workload {
             "W3" => Ok(Workload::W3),
             "W4" => Ok(Workload::W4),
             "W5" => Ok(Workload::W5),
-            other => Err(Error::Config(format!("unknown workload '{other}' (W1..W5)"))),
+            "E1" => Ok(Workload::E1),
+            "E2" => Ok(Workload::E2),
+            other => Err(Error::Config(format!("unknown workload '{other}' (W1..W5, E1, E2)"))),
         }
     }
 }
 
-/// Parses `"W1,W3"` (or `"all"`).
+/// Parses `"W1,W3,E1"` (or `"all"`).
 ///
 /// # Errors
 /// [`Error::Config`] on an unknown name or an empty list.
@@ -223,7 +254,12 @@ mod tests {
     #[test]
     fn parses_workload_lists() {
         assert_eq!(parse_workloads("W3,w1").unwrap(), vec![Workload::W1, Workload::W3]);
+        assert_eq!(
+            parse_workloads("e2,W5,E1").unwrap(),
+            vec![Workload::W5, Workload::E1, Workload::E2]
+        );
         assert_eq!(parse_workloads("all").unwrap(), Workload::ALL.to_vec());
+        assert!(Workload::E1.is_entity() && !Workload::W1.is_entity());
         assert!(parse_workloads("W9").is_err());
         assert!(parse_workloads(",").is_err());
     }

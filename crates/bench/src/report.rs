@@ -20,12 +20,16 @@ pub struct OpsBreakdown {
     pub by_kind: BTreeMap<&'static str, u64>,
     /// `total / orchestrations`.
     pub per_orchestration: f64,
-    /// `by_kind / orchestrations`.
+    /// `by_kind / orchestrations` (all zero for E1 and E2, which start no orchestration).
     pub per_orchestration_by_kind: BTreeMap<&'static str, f64>,
     /// `total / activities`, when the workload runs activities.
     pub per_activity: Option<f64>,
     /// `total / events`, when the workload raises events.
     pub per_event: Option<f64>,
+    /// `total / entity_operations`, when the workload signals entities (E1, E2).
+    pub per_entity_operation: Option<f64>,
+    /// `by_kind / entity_operations` (empty when the workload signals no entity).
+    pub per_entity_operation_by_kind: BTreeMap<&'static str, f64>,
     /// Calls of the separate completion poller (reported, not counted above).
     pub poller_total: Option<u64>,
     #[serde(skip)]
@@ -38,11 +42,17 @@ impl OpsBreakdown {
         orchestrations: u64,
         activities: u64,
         events: u64,
+        entity_operations: u64,
         poller_total: Option<u64>,
     ) -> Self {
         let per = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
         let by_kind: BTreeMap<_, _> =
             counts.non_zero().into_iter().map(|(op, n)| (op.name(), n)).collect();
+        let per_entity_operation_by_kind = if entity_operations > 0 {
+            by_kind.iter().map(|(k, n)| (*k, per(*n, entity_operations))).collect()
+        } else {
+            BTreeMap::new()
+        };
         Self {
             total: counts.total(),
             per_orchestration: per(counts.total(), orchestrations),
@@ -53,6 +63,9 @@ impl OpsBreakdown {
             by_kind,
             per_activity: (activities > 0).then(|| per(counts.total(), activities)),
             per_event: (events > 0).then(|| per(counts.total(), events)),
+            per_entity_operation: (entity_operations > 0)
+                .then(|| per(counts.total(), entity_operations)),
+            per_entity_operation_by_kind,
             poller_total,
             counts,
         }
@@ -128,6 +141,31 @@ pub struct HistoryGrowth {
     pub last_ops_by_kind: BTreeMap<&'static str, f64>,
 }
 
+/// Operations per second on one entity that Durable Functions publishes as its target (the
+/// "64 operations/s" of its performance and scale documentation); E1 is compared with it.
+pub const DF_ENTITY_OPS_PER_SEC: f64 = 64.0;
+
+/// E1, E2: counter entities signalled by the client.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntityRun {
+    /// Counter entities signalled.
+    pub entities: u64,
+    /// Signals sent, each one `add 1` (and, checked, the operations applied).
+    pub operations: u64,
+    /// Concurrent client sends.
+    pub client_concurrency: usize,
+    /// From the first send to the last send acknowledged, in seconds.
+    pub send_seconds: f64,
+    /// Checkpointed batches that applied operations, summed over the entities (each counter
+    /// counts the batches it saw: all operations of a batch share the batch's time).
+    pub batches: u64,
+    /// `operations / batches`.
+    pub operations_per_batch: f64,
+    /// E1 (one entity): its operations per second divided by [`DF_ENTITY_OPS_PER_SEC`]. `None`
+    /// for E2, whose operations are spread over many entities.
+    pub df_target_ratio: Option<f64>,
+}
+
 /// Figures of one workload.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkloadResult {
@@ -143,9 +181,13 @@ pub struct WorkloadResult {
     pub activities: u64,
     /// External events raised.
     pub events: u64,
-    /// Orchestrations that completed with the expected output.
+    /// Entity operations (signals) applied (E1, E2).
+    pub entity_operations: u64,
+    /// Orchestrations that completed with the expected output (E1, E2: entities whose counter
+    /// ended at exactly the signals sent to it).
     pub completed: u64,
-    /// Orchestrations that failed, were terminated or produced a wrong output.
+    /// Orchestrations that failed, were terminated or produced a wrong output (E1, E2: a wrong
+    /// counter fails the whole workload, with `error` set).
     pub failed: u64,
     /// From the first start to the last observed completion, in seconds.
     pub wall_seconds: f64,
@@ -155,6 +197,8 @@ pub struct WorkloadResult {
     pub activities_per_sec: Option<f64>,
     /// `events / wall_seconds`.
     pub events_per_sec: Option<f64>,
+    /// `entity_operations / wall_seconds`.
+    pub entity_operations_per_sec: Option<f64>,
     /// Storage calls (Azure provider only).
     pub storage_ops: Option<OpsBreakdown>,
     /// Peak resident set size while the workload ran, KiB (`VmHWM`).
@@ -165,6 +209,8 @@ pub struct WorkloadResult {
     pub latency: Option<Latency>,
     /// W4 only.
     pub history_growth: Option<HistoryGrowth>,
+    /// E1 and E2 only.
+    pub entities: Option<EntityRun>,
     /// Why the workload did not finish (its figures are then zero).
     pub error: Option<String>,
 }
@@ -179,17 +225,20 @@ impl WorkloadResult {
             orchestrations: 0,
             activities: 0,
             events: 0,
+            entity_operations: 0,
             completed: 0,
             failed: 1,
             wall_seconds: 0.0,
             orchestrations_per_sec: 0.0,
             activities_per_sec: None,
             events_per_sec: None,
+            entity_operations_per_sec: None,
             storage_ops: None,
             peak_rss_kib: None,
             peak_rss_reset: false,
             latency: None,
             history_growth: None,
+            entities: None,
             error: Some(error),
         }
     }
@@ -420,6 +469,24 @@ impl BenchReport {
             status,
         });
 
+        let (measured, status) = match self.workload("E1").and_then(|w| {
+            w.entity_operations_per_sec.zip(w.entities.as_ref().and_then(|e| e.df_target_ratio))
+        }) {
+            None => ("-".to_owned(), TargetStatus::NotMeasured),
+            Some((ops, ratio)) => (
+                format!(
+                    "{ops:.0} ops/s (x{ratio:.1} of DF's {DF_ENTITY_OPS_PER_SEC:.0} ops/s target)"
+                ),
+                TargetStatus::of(ops >= DF_ENTITY_OPS_PER_SEC),
+            ),
+        };
+        targets.push(Target {
+            name: "E1 operations/s on one entity",
+            target: ">= 64 ops/s (DF)",
+            measured,
+            status,
+        });
+
         let (measured, status) = match (azure, w1) {
             (true, _) => ("azure run".to_owned(), TargetStatus::NotApplicable),
             (false, None) => ("-".to_owned(), TargetStatus::NotMeasured),
@@ -465,12 +532,16 @@ impl BenchReport {
             "durabletask-rs benchmark, provider {}, scale {}, {} ({} CPUs, {cpu})",
             self.provider, self.scale, self.date, self.machine.cpus
         );
-        let _ = writeln!(
-            s,
-            "\n{:<4} {:>6} {:>6} {:>6} {:>9} {:>10} {:>10} {:>9} {:>8}",
-            "", "orch", "acts", "events", "wall s", "orch/s", "acts/s", "ops/orch", "RSS MiB"
-        );
-        for w in &self.workloads {
+        let orchestration_rows: Vec<&WorkloadResult> =
+            self.workloads.iter().filter(|w| !is_entity_workload(w)).collect();
+        if !orchestration_rows.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n{:<4} {:>6} {:>6} {:>6} {:>9} {:>10} {:>10} {:>9} {:>8}",
+                "", "orch", "acts", "events", "wall s", "orch/s", "acts/s", "ops/orch", "RSS MiB"
+            );
+        }
+        for w in orchestration_rows {
             let ops = w
                 .storage_ops
                 .as_ref()
@@ -501,12 +572,14 @@ impl BenchReport {
                 );
             }
         }
+        self.render_entities(&mut s);
         let counted: Vec<&WorkloadResult> =
             self.workloads.iter().filter(|w| w.storage_ops.is_some()).collect();
         if !counted.is_empty() {
             let _ = writeln!(
                 s,
-                "\nstorage operations per orchestration, by kind (completion polling excluded):"
+                "\nstorage operations per orchestration (E1, E2: per entity operation), by kind \
+                 (completion polling excluded):"
             );
             let kinds: Vec<StorageOp> = StorageOp::ALL
                 .iter()
@@ -525,8 +598,13 @@ impl BenchReport {
             for w in &counted {
                 let Some(o) = &w.storage_ops else { continue };
                 let _ = write!(s, "{:<4}", w.workload);
+                let per_unit = if is_entity_workload(w) {
+                    &o.per_entity_operation_by_kind
+                } else {
+                    &o.per_orchestration_by_kind
+                };
                 for op in &kinds {
-                    let v = o.per_orchestration_by_kind.get(op.name()).copied().unwrap_or(0.0);
+                    let v = per_unit.get(op.name()).copied().unwrap_or(0.0);
                     let _ = write!(s, " {v:>12.2}");
                 }
                 let _ = writeln!(
@@ -623,6 +701,63 @@ impl BenchReport {
             );
         }
         s
+    }
+}
+
+/// E1, E2 (a failed entity workload has no [`EntityRun`] but keeps its id).
+fn is_entity_workload(w: &WorkloadResult) -> bool {
+    w.entities.is_some() || w.workload.parse::<crate::Workload>().is_ok_and(|w| w.is_entity())
+}
+
+impl BenchReport {
+    /// The table of the entity workloads.
+    fn render_entities(&self, s: &mut String) {
+        let rows: Vec<&WorkloadResult> =
+            self.workloads.iter().filter(|w| is_entity_workload(w)).collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\nentity workloads (client signals `add 1` to counter entities):\n{:<4} {:>8} {:>7} {:>9} {:>9} {:>10} {:>9} {:>9} {:>8}  vs DF",
+            "", "entities", "ops", "send s", "wall s", "ops/s", "ops/batch", "st.ops/op", "RSS MiB"
+        );
+        for w in rows {
+            let rss =
+                w.peak_rss_kib.map_or("-".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0));
+            let per_op = w
+                .storage_ops
+                .as_ref()
+                .and_then(|o| o.per_entity_operation)
+                .map_or("-".to_owned(), |p| format!("{p:.2}"));
+            match &w.entities {
+                Some(e) => {
+                    let vs_df = e.df_target_ratio.map_or("-".to_owned(), |r| {
+                        format!("x{r:.1} of DF's {DF_ENTITY_OPS_PER_SEC:.0} ops/s target")
+                    });
+                    let _ = writeln!(
+                        s,
+                        "{:<4} {:>8} {:>7} {:>9.3} {:>9.3} {:>10.1} {:>9.1} {:>9} {:>8}  {}",
+                        w.workload,
+                        e.entities,
+                        e.operations,
+                        e.send_seconds,
+                        w.wall_seconds,
+                        w.entity_operations_per_sec.unwrap_or(0.0),
+                        e.operations_per_batch,
+                        per_op,
+                        rss,
+                        vs_df
+                    );
+                }
+                None => {
+                    let _ = writeln!(s, "{:<4} {:>8}", w.workload, "-");
+                }
+            }
+            if let Some(e) = &w.error {
+                let _ = writeln!(s, "     !! did not finish: {e}");
+            }
+        }
     }
 }
 

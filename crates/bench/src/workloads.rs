@@ -1,4 +1,5 @@
-//! The orchestrations and activities of the benchmark, and the five workloads that drive them.
+//! The orchestrations, activities and entities of the benchmark, and the workloads that drive
+//! them.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -6,13 +7,19 @@ use std::time::{Duration, Instant};
 
 use durabletask_azure_storage::storage::{StorageCounters, StorageOpCounts};
 use durabletask_core::{
-    ActivityContext, Dispatchers, OrchestrationContext, OrchestrationServiceClient,
-    OrchestrationState, OrchestrationStatus, Registry, RegistryBuilder, TaskHubClient,
+    ActivityContext, ClientError, Dispatchers, EntityContext, EntityError, EntityId,
+    OrchestrationContext, OrchestrationServiceClient, OrchestrationState, OrchestrationStatus,
+    Registry, RegistryBuilder, TaskHubClient,
 };
 use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::backend::{Backend, BenchHub};
-use crate::report::{BenchReport, HistoryGrowth, Latency, OpsBreakdown, WorkloadResult};
+use crate::report::{
+    BenchReport, DF_ENTITY_OPS_PER_SEC, EntityRun, HistoryGrowth, Latency, OpsBreakdown,
+    WorkloadResult,
+};
 use crate::sys::{Machine, peak_rss_kib, reset_peak_rss};
 use crate::{BenchConfig, Error, Result, Workload};
 
@@ -22,6 +29,50 @@ const CLIENT_CONCURRENCY: usize = 32;
 const CITIES: [&str; 3] = ["Tokyo", "Seattle", "London"];
 /// External events each W3 orchestration waits for.
 const W3_EVENTS: u32 = 10;
+/// The entity E1 and E2 signal.
+const COUNTER: &str = "Counter";
+/// Counter entities of E2.
+const E2_ENTITIES: usize = 100;
+/// E1 and E2 give up on a counter that stays below its expected value this long (a lost signal
+/// would otherwise keep the run waiting for the whole timeout).
+const ENTITY_STALL: Duration = Duration::from_secs(60);
+
+/// The state of a counter entity: its value, and how many checkpointed batches changed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Tally {
+    value: i64,
+    /// Batches that applied an `add`.
+    batches: u64,
+    /// The time of the batch that applied the last `add` (every operation of a batch sees the
+    /// same time, and a new batch a later one).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    batch_time: Option<OffsetDateTime>,
+}
+
+impl Tally {
+    /// Adds `n` in the batch of time `batch_time`.
+    fn add(&mut self, n: i64, batch_time: OffsetDateTime) {
+        self.value += n;
+        if self.batch_time != Some(batch_time) {
+            self.batches += 1;
+            self.batch_time = Some(batch_time);
+        }
+    }
+}
+
+/// The counter entity: `add n` (no result: signals discard it), `get`.
+fn counter(ctx: &mut EntityContext<Tally>) -> Result<Option<i64>, EntityError> {
+    match ctx.operation() {
+        "add" => {
+            let n: i64 = ctx.input()?;
+            let now = ctx.current_utc_datetime();
+            ctx.state_mut().add(n, now);
+            Ok(None)
+        }
+        "get" => Ok(Some(ctx.state().map_or(0, |t| t.value))),
+        other => Err(EntityError::new(format!("{COUNTER} has no operation '{other}'"))),
+    }
+}
 
 /// When W4's activities started, and the storage counters at that moment.
 #[derive(Debug, Default)]
@@ -105,6 +156,8 @@ fn registry(log: Arc<MarkLog>) -> RegistryBuilder {
             let s: String = ctx.call_activity("SayHello", "Tokyo").await?;
             Ok(s)
         })
+        // E1, E2
+        .entity(COUNTER, counter)
 }
 
 /// Runs `cfg.workloads` on `backend`, then the capacity probe (when the backend has storage), and
@@ -162,12 +215,18 @@ struct Outcome {
     orchestrations: u64,
     activities: u64,
     events: u64,
+    entity_operations: u64,
     completed: u64,
     failed: u64,
     /// The end of the measured interval (W5 excludes nothing; others end at the last completion).
     end: Option<Instant>,
+    /// Storage counters at `end`, when the workload does more after it (E1, E2 check that the
+    /// counters stay put).
+    counts_at_end: Option<StorageOpCounts>,
     latency: Option<Latency>,
     growth: Option<HistoryGrowth>,
+    /// E1, E2 (`df_target_ratio` is filled in once the wall time is known).
+    entities: Option<EntityRun>,
 }
 
 async fn run_workload(
@@ -223,9 +282,11 @@ async fn run_on_hub(
             Workload::W3 => w3(hub, &client, cfg, deadline).await?,
             Workload::W4 => w4(hub, &client, cfg, deadline, log).await?,
             Workload::W5 => w5(hub, &client, cfg, deadline).await?,
+            Workload::E1 => e1(hub, &client, cfg, deadline).await?,
+            Workload::E2 => e2(hub, &client, cfg, deadline).await?,
         };
         let end = out.end.unwrap_or_else(Instant::now);
-        let after = hub.counters.as_ref().map(|c| c.snapshot());
+        let after = out.counts_at_end.or_else(|| hub.counters.as_ref().map(|c| c.snapshot()));
         let peak = peak_rss_kib();
         let poller_total = match (&poller_counts, poll_before) {
             (Some(c), Some(b)) => Some(c.snapshot().since(&b).total()),
@@ -238,10 +299,19 @@ async fn run_on_hub(
                 out.orchestrations,
                 out.activities,
                 out.events,
+                out.entity_operations,
                 poller_total,
             )),
             _ => None,
         };
+        let entity_operations_per_sec =
+            (out.entity_operations > 0).then(|| out.entity_operations as f64 / wall);
+        let entities = out.entities.map(|mut e| {
+            if e.entities == 1 {
+                e.df_target_ratio = entity_operations_per_sec.map(|r| r / DF_ENTITY_OPS_PER_SEC);
+            }
+            e
+        });
         Ok::<_, Error>(WorkloadResult {
             workload: w.id(),
             description: w.description(),
@@ -249,17 +319,20 @@ async fn run_on_hub(
             orchestrations: out.orchestrations,
             activities: out.activities,
             events: out.events,
+            entity_operations: out.entity_operations,
             completed: out.completed,
             failed: out.failed,
             wall_seconds: wall,
             orchestrations_per_sec: out.orchestrations as f64 / wall,
             activities_per_sec: (out.activities > 0).then(|| out.activities as f64 / wall),
             events_per_sec: (out.events > 0).then(|| out.events as f64 / wall),
+            entity_operations_per_sec,
             storage_ops,
             peak_rss_kib: peak,
             peak_rss_reset: rss_reset,
             latency: out.latency,
             history_growth: out.growth,
+            entities,
             error: None,
         })
     }
@@ -529,6 +602,169 @@ async fn w5(
     })
 }
 
+async fn e1(
+    hub: &BenchHub,
+    client: &TaskHubClient,
+    cfg: &BenchConfig,
+    deadline: Instant,
+) -> Result<Outcome> {
+    signal_counters(hub, client, deadline, "E1", 1, cfg.scaled(2000, 10)).await
+}
+
+async fn e2(
+    hub: &BenchHub,
+    client: &TaskHubClient,
+    cfg: &BenchConfig,
+    deadline: Instant,
+) -> Result<Outcome> {
+    let n = cfg.scaled(2000, E2_ENTITIES);
+    signal_counters(hub, client, deadline, "E2", E2_ENTITIES, n).await
+}
+
+/// Signals to counter `k` of `entities`, when `n` signals go round-robin.
+fn expected_count(n: usize, entities: usize, k: usize) -> i64 {
+    let c = n / entities + usize::from(k < n % entities);
+    i64::try_from(c).unwrap_or(i64::MAX)
+}
+
+/// E1, E2: `n` client signals `add 1`, round-robin over `entities` counters,
+/// `CLIENT_CONCURRENCY` at a time; ends when every counter shows exactly its signals, then
+/// checks that they stay there (a duplicate applied late would push one past).
+async fn signal_counters(
+    hub: &BenchHub,
+    client: &TaskHubClient,
+    deadline: Instant,
+    workload: &'static str,
+    entities: usize,
+    n: usize,
+) -> Result<Outcome> {
+    let ids: Vec<EntityId> =
+        (0..entities).map(|k| EntityId::new(COUNTER, format!("bench{k}"))).collect();
+    let t0 = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| client.signal_entity(&ids[i % entities], "add", &1i64))
+        .buffer_unordered(CLIENT_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let send_seconds = t0.elapsed().as_secs_f64();
+    // Reads go through the uncounted poller, as completion polling does in W1-W5.
+    let poller = TaskHubClient::new(Arc::clone(&hub.poller));
+    let mut batches = 0u64;
+    for (k, id) in ids.iter().enumerate() {
+        let expected = expected_count(n, entities, k);
+        let t = match wait_counter(&poller, id, expected, hub.poll_interval, deadline, workload)
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                // What the entity's stored scheduler state says (delivered sequence numbers per
+                // stream, backlog, lock) tells a lost message from a lost update.
+                let stored = hub.poller.get_state(&id.instance_id(), true).await;
+                tracing::error!(workload, entity = %id, error = %e, stored = ?stored, "counter did not end right");
+                return Err(e);
+            }
+        };
+        batches += t.batches;
+    }
+    let end = Instant::now();
+    let counts_at_end = hub.counters.as_ref().map(|c| c.snapshot());
+    tokio::time::sleep((hub.poll_interval * 20).max(Duration::from_millis(200))).await;
+    for (k, id) in ids.iter().enumerate() {
+        let expected = expected_count(n, entities, k);
+        let value = poller.get_entity::<Tally>(id).await?.and_then(|m| m.state).map(|t| t.value);
+        if value != Some(expected) {
+            return Err(Error::Workload {
+                workload,
+                message: format!(
+                    "entity {id} showed {expected} of {expected} signals, then {value:?}: \
+                     operations were applied more than once"
+                ),
+            });
+        }
+    }
+    let operations = as_count(n);
+    Ok(Outcome {
+        entity_operations: operations,
+        completed: as_count(entities),
+        end: Some(end),
+        counts_at_end,
+        entities: Some(EntityRun {
+            entities: as_count(entities),
+            operations,
+            client_concurrency: CLIENT_CONCURRENCY,
+            send_seconds,
+            batches,
+            operations_per_batch: if batches > 0 {
+                operations as f64 / batches as f64
+            } else {
+                0.0
+            },
+            df_target_ratio: None,
+        }),
+        ..Outcome::default()
+    })
+}
+
+/// Waits until counter `id` shows `expected`. A counter past `expected`, one that stops moving
+/// for [`ENTITY_STALL`], or the deadline fail the workload.
+async fn wait_counter(
+    poller: &TaskHubClient,
+    id: &EntityId,
+    expected: i64,
+    interval: Duration,
+    deadline: Instant,
+    workload: &'static str,
+) -> Result<Tally> {
+    let (mut last, mut changed) = (None, Instant::now());
+    loop {
+        match poller.get_entity::<Tally>(id).await {
+            Ok(meta) => {
+                let t = meta.and_then(|m| m.state).unwrap_or_default();
+                if t.value == expected {
+                    return Ok(t);
+                }
+                if t.value > expected {
+                    return Err(Error::Workload {
+                        workload,
+                        message: format!(
+                            "entity {id} counted {} of {expected} signals: operations were \
+                             applied more than once",
+                            t.value
+                        ),
+                    });
+                }
+                if last != Some(t.value) {
+                    (last, changed) = (Some(t.value), Instant::now());
+                } else if changed.elapsed() >= ENTITY_STALL {
+                    return Err(Error::Workload {
+                        workload,
+                        message: format!(
+                            "entity {id} stayed at {} of {expected} signals for {ENTITY_STALL:?}: \
+                             signals were lost or the worker stalled (its stored state is logged)",
+                            t.value
+                        ),
+                    });
+                }
+            }
+            // An overloaded emulator times out now and then; the poller just asks again.
+            Err(ClientError::Provider(e)) if e.is_retryable() && Instant::now() < deadline => {
+                tracing::debug!(workload, entity = %id, error = %e, "poll failed; retrying");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Workload {
+                workload,
+                message: format!(
+                    "entity {id} reached {} of {expected} signals within the timeout",
+                    last.unwrap_or(0)
+                ),
+            });
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,5 +785,26 @@ mod tests {
         assert!((g.last_ms_per_activity - 2.0).abs() < 1e-9);
         assert!((g.time_ratio - 2.0).abs() < 1e-9);
         assert!(g.ops_ratio.is_none());
+    }
+
+    #[test]
+    fn round_robin_counts_add_up() {
+        let per: Vec<i64> = (0..100).map(|k| expected_count(2050, 100, k)).collect();
+        assert_eq!(per.iter().sum::<i64>(), 2050);
+        assert_eq!((per[0], per[49], per[50], per[99]), (21, 21, 20, 20));
+        assert_eq!(expected_count(7, 1, 0), 7);
+    }
+
+    #[test]
+    fn counter_counts_batches_by_batch_time() {
+        let (a, b) =
+            (OffsetDateTime::UNIX_EPOCH, OffsetDateTime::UNIX_EPOCH + Duration::from_millis(1));
+        let mut t = Tally::default();
+        for (n, now) in [(1, a), (2, a), (3, a), (4, b)] {
+            t.add(n, now);
+        }
+        assert_eq!((t.value, t.batches, t.batch_time), (10, 2, Some(b)));
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(serde_json::from_str::<Tally>(&json).unwrap(), t, "{json}");
     }
 }

@@ -139,3 +139,58 @@ impl Ledger {
         Ok(m)
     }
 }
+
+/// Whether a sender knows its entity operation was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFate {
+    /// Sent: the client call returned `Ok`, or the orchestration that sent it completed (its
+    /// `EventSent` is in committed history). Must be applied exactly once.
+    Sent,
+    /// The client call returned an error: the message may or may not have been written. Must be
+    /// applied at most once.
+    Unknown,
+}
+
+/// One entity operation a sender issued, identified by its tag (unique in the run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentOperation {
+    /// The entity key it went to.
+    pub entity: String,
+    /// The operation's tag (what the entity records).
+    pub tag: String,
+    /// Operation name (`add`, `relay`, `check`).
+    pub operation: &'static str,
+    /// Who sent it, for the report (`client signal #17`, `ek-s-003 round 1`, ...).
+    pub sender: String,
+    /// What the sender knows.
+    pub fate: SendFate,
+    /// A `relay` forwards its tag to this entity as an entity-to-entity signal.
+    pub relay_to: Option<String>,
+    /// The orchestration that sends it (`None`: a client). Its fate is `Sent` only if that
+    /// orchestration completed; otherwise the auditor treats it as unknown (and the workload
+    /// audit fails the orchestration).
+    pub orchestration: Option<String>,
+    /// When it was issued, since the scenario started.
+    pub at: Duration,
+}
+
+/// The sending side of the entity scenario: every entity operation issued by a client or an
+/// orchestration, with what its sender knows about it. The auditor compares it with what each
+/// entity recorded in its own state. The senders are the harness (clients) and planned
+/// orchestrations whose inputs the harness wrote, so this ledger lives in the harness process.
+#[derive(Debug, Default)]
+pub struct SignalLedger {
+    ops: std::sync::Mutex<Vec<SentOperation>>,
+}
+
+impl SignalLedger {
+    /// Records one operation.
+    pub fn record(&self, op: SentOperation) {
+        self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(op);
+    }
+
+    /// Everything recorded.
+    pub fn operations(&self) -> Vec<SentOperation> {
+        self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}

@@ -2,7 +2,9 @@
 //! independent activity ledger, an end-of-run auditor and the scenarios built from them.
 //!
 //! * [`ledger`]: an activity ledger independent of the framework: every activity execution
-//!   appends a row to a table of its own, so duplicate executions are counted from outside.
+//!   appends a row to a table of its own, so duplicate executions are counted from outside; and
+//!   the signal ledger of the entity scenario (every entity operation a sender issued, with what
+//!   the sender knows of its fate).
 //! * [`workload`]: the mixed workload `W(N)` (chains, fan-outs, timers, sub-orchestrations,
 //!   some with payloads large enough for blobs) with outputs computable in advance.
 //! * [`audit`]: the end-of-run auditor: terminal states and outputs, nothing stuck, History and
@@ -13,12 +15,16 @@
 //! * [`storm`]: the start storm (duplicate, stale and re-sent starts, concurrent
 //!   recreations, events and terminates to missing and completed instances, continue-as-new
 //!   loops with large payloads), shared by its scenario and the soak mode.
+//! * [`entities`]: the entity scenario: counters that record every applied operation by tag,
+//!   signalled and called by a faulty client and by orchestrations while their worker processes
+//!   are SIGKILLed and kill themselves at crash points, audited against a [`ledger::SignalLedger`].
 //! * [`soak`]: the soak mode of `cargo xtask stress --soak`: one worker, rounds of mixed traffic,
 //!   stats and blob counts sampled every 10 s, a flatness verdict.
 //! * [`logs`]: a tracing layer that counts the provider's well-known log events
 //!   (`SplitBrainDetected`, `PoisonMessageDetected`, ...).
 
 pub mod audit;
+pub mod entities;
 pub mod ledger;
 pub mod logs;
 pub mod procs;

@@ -4,8 +4,12 @@
 
 use crate::setup::{CONNECTION_STRING_VAR, ChaosEnv, HUB_VAR, WORKER_ID_VAR};
 use crate::{ChaosError, Result};
+use durabletask_azure_storage::{CrashHook, CrashPoint};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 
 /// One running `chaos_worker`.
 #[derive(Debug)]
@@ -29,18 +33,39 @@ impl WorkerProcess {
         worker_id: &str,
         log_dir: &Path,
     ) -> Result<Self> {
+        Self::spawn_with(bin, env, hub, worker_id, log_dir, &[])
+    }
+
+    /// [`Self::spawn`] with extra environment variables (e.g. [`FAULT_RATE_VAR`],
+    /// [`CRASH_RATE_VAR`], [`SEED_VAR`]; set after the defaults, so they override them).
+    ///
+    /// [`FAULT_RATE_VAR`]: crate::setup::FAULT_RATE_VAR
+    /// [`CRASH_RATE_VAR`]: crate::setup::CRASH_RATE_VAR
+    /// [`SEED_VAR`]: crate::setup::SEED_VAR
+    ///
+    /// # Errors
+    /// When the process cannot be started.
+    pub fn spawn_with(
+        bin: &Path,
+        env: &ChaosEnv,
+        hub: &str,
+        worker_id: &str,
+        log_dir: &Path,
+        vars: &[(&str, String)],
+    ) -> Result<Self> {
         std::fs::create_dir_all(log_dir)?;
         let log = log_dir.join(format!("{worker_id}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let child = Command::new(bin)
-            .env(CONNECTION_STRING_VAR, env.connection_string())
+        let mut cmd = Command::new(bin);
+        cmd.env(CONNECTION_STRING_VAR, env.connection_string())
             .env(HUB_VAR, hub)
             .env(WORKER_ID_VAR, worker_id)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
-            .spawn()?;
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(file)).spawn()?;
         Ok(Self { child, worker_id: worker_id.to_owned(), log })
     }
 
@@ -109,6 +134,50 @@ impl Drop for WorkerProcess {
         // Never leave a worker behind (a paused one would not even see SIGTERM).
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The crash hook of a `chaos_worker` started with [`CRASH_RATE_VAR`]: at every crash point
+/// (after the outbound messages of a checkpoint were sent, after its history, after its
+/// Instances row, after an activity's response), with probability `rate`, the process logs the
+/// point and the instance and SIGKILLs itself. The work item is left exactly where a kill at that
+/// point leaves it, and the harness sees a dead process to restart.
+///
+/// [`CRASH_RATE_VAR`]: crate::setup::CRASH_RATE_VAR
+#[derive(Debug)]
+pub struct SelfKill {
+    rate: f64,
+    rng: Mutex<StdRng>,
+}
+
+impl SelfKill {
+    /// A hook killing at each crash point with probability `rate` (seeded).
+    pub fn new(rate: f64, seed: u64) -> Self {
+        Self { rate: rate.clamp(0.0, 1.0), rng: Mutex::new(StdRng::seed_from_u64(seed)) }
+    }
+}
+
+/// The message a [`SelfKill`] logs just before the kill (the harness searches logs for it).
+pub const SELF_KILL_LOG: &str = "chaos_worker: SIGKILL at crash point";
+
+impl CrashHook for SelfKill {
+    fn crash_at(&self, point: CrashPoint, instance_id: &str) -> bool {
+        if point == CrashPoint::BeforeDelete {
+            return false; // the same place as AfterInstances
+        }
+        let hit = self.rng.lock().unwrap_or_else(PoisonError::into_inner).gen_bool(self.rate);
+        if !hit {
+            return false;
+        }
+        let pid = std::process::id();
+        tracing::warn!(instance_id, point = ?point, pid, "{SELF_KILL_LOG}");
+        // Blocks this thread (the one in the checkpoint) until the signal lands.
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        std::process::abort()
     }
 }
 

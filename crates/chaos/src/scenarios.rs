@@ -3,6 +3,7 @@
 //! the one summary line `cargo xtask stress` prints.
 
 use crate::audit::{self, Audit, StatsMonitor};
+use crate::entities::EntitySize;
 use crate::ledger::Ledger;
 use crate::logs;
 use crate::procs::WorkerProcess;
@@ -67,6 +68,8 @@ pub struct Profile {
     pub clock_jumps: &'static [i64],
     /// The start storm.
     pub storm: StormSize,
+    /// The entity scenario.
+    pub entities: EntitySize,
     /// Longest wait for a scenario's instances.
     pub timeout: Duration,
 }
@@ -100,6 +103,21 @@ impl Profile {
             targets: 4,
             missing: 6,
         },
+        entities: EntitySize {
+            entities: 6,
+            workers: 2,
+            client_signals: 300,
+            relay_share: 0.25,
+            signallers: 16,
+            rounds: 3,
+            signals_per_round: 4,
+            lockers: 4,
+            kills: 4,
+            kill_gap_ms: (2000, 4000),
+            worker_fault_rate: 0.05,
+            crash_rate: 0.004,
+            client_fault_rate: 0.4,
+        },
         timeout: Duration::from_secs(200),
     };
 
@@ -130,6 +148,21 @@ impl Profile {
             loop_generations: 15,
             targets: 10,
             missing: 30,
+        },
+        entities: EntitySize {
+            entities: 12,
+            workers: 3,
+            client_signals: 1500,
+            relay_share: 0.25,
+            signallers: 60,
+            rounds: 4,
+            signals_per_round: 5,
+            lockers: 16,
+            kills: 10,
+            kill_gap_ms: (1500, 5000),
+            worker_fault_rate: 0.08,
+            crash_rate: 0.004,
+            client_fault_rate: 0.4,
         },
         timeout: Duration::from_secs(600),
     };
@@ -400,7 +433,7 @@ pub(crate) fn merge_events(report: &mut ScenarioReport, counts: BTreeMap<&'stati
     }
 }
 
-fn count_logs(report: &mut ScenarioReport, text: &str) {
+pub(crate) fn count_logs(report: &mut ScenarioReport, text: &str) {
     for name in logs::WATCHED {
         let n = logs::count_in_text(text, name);
         if n > 0 {
@@ -510,7 +543,7 @@ pub async fn crash_point(env: &ChaosEnv, point: CrashPoint, n: usize) -> Result<
 // ---------------------------------------------------------------------------------------------
 // Worker processes: SIGKILL, SIGSTOP/SIGCONT
 
-fn log_dir(hub: &TaskHubName) -> PathBuf {
+pub(crate) fn log_dir(hub: &TaskHubName) -> PathBuf {
     std::env::temp_dir().join(format!("durabletask-chaos-{}", hub.as_str()))
 }
 
@@ -1212,6 +1245,9 @@ pub async fn run_all(
     }
     if wanted("poison-messages") {
         push(poison_messages(env, profile).await?);
+    }
+    if wanted("entity-kill") {
+        push(crate::entities::entity_kill(env, worker_bin, profile, seed).await?);
     }
     if wanted("start-storm") {
         push(crate::storm::start_storm(env, profile, seed).await?);

@@ -3,7 +3,8 @@
 use crate::audit::StatsMonitor;
 use crate::ledger::Ledger;
 use crate::{ChaosError, Result};
-use durabletask_azure_storage::storage::{AzureStorage, StorageAccount};
+use durabletask_azure_storage::storage::fault::{FaultPlan, Reorder};
+use durabletask_azure_storage::storage::{AzureStorage, StorageAccount, StorageOp};
 use durabletask_azure_storage::{
     AzureStorageOrchestrationService, AzureStorageSettings, CrashHook, StorageStack, TaskHubName,
 };
@@ -18,6 +19,46 @@ pub const CONNECTION_STRING_VAR: &str = "DTF_CHAOS_CONNECTION_STRING";
 pub const HUB_VAR: &str = "DTF_CHAOS_HUB";
 /// Variable with the worker id for `chaos_worker`.
 pub const WORKER_ID_VAR: &str = "DTF_CHAOS_WORKER_ID";
+/// Optional variable: a `chaos_worker` runs over [`worker_fault_plan`] with this rate.
+pub const FAULT_RATE_VAR: &str = "DTF_CHAOS_FAULT_RATE";
+/// Optional variable: a `chaos_worker` SIGKILLs itself at each crash point with this
+/// probability ([`crate::procs::SelfKill`]).
+pub const CRASH_RATE_VAR: &str = "DTF_CHAOS_CRASH_RATE";
+/// Optional variable: the seed of a `chaos_worker`'s faults and crashes (default 0).
+pub const SEED_VAR: &str = "DTF_CHAOS_SEED";
+
+/// The storage faults of a `chaos_worker` started with [`FAULT_RATE_VAR`]: `rate` of the calls
+/// fail (half before they are sent, a fifth time out, the rest commit and then report a timeout),
+/// `rate` of the puts are sent twice, received batches are shuffled and `rate` of the received
+/// messages are held back for up to 3 s. Blob downloads are left out: a failed download
+/// quarantines a valid message (see [`crate::scenarios::blob_outage`]).
+pub fn worker_fault_plan(rate: f64, seed: u64) -> FaultPlan {
+    let ops = StorageOp::ALL
+        .into_iter()
+        .filter(|op| {
+            !matches!(
+                op,
+                StorageOp::BlobGet
+                    | StorageOp::QueueAdmin
+                    | StorageOp::TableAdmin
+                    | StorageOp::BlobAdmin
+            )
+        })
+        .collect();
+    FaultPlan {
+        seed,
+        error_rate: rate * 0.5,
+        timeout_rate: rate * 0.2,
+        committed_timeout_rate: rate * 0.3,
+        timeout_delay: Duration::from_millis(300),
+        duplicate_put_rate: rate,
+        reorder: Reorder::Shuffle,
+        hold_back_rate: rate,
+        hold_back_max: Duration::from_secs(3),
+        ops: Some(ops),
+        ..FaultPlan::default()
+    }
+}
 
 /// Where the harness finds storage.
 #[derive(Clone)]

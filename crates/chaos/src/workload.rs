@@ -42,9 +42,10 @@ pub fn step(x: &str) -> String {
     format!("s({x})")
 }
 
-/// The workload's orchestrations and its activity, which records each execution in `ledger`.
+/// The workload's orchestrations and its activity, which records each execution in `ledger`,
+/// plus the entity scenario's counter and orchestrations ([`crate::entities::register`]).
 pub fn registry(ledger: Arc<Ledger>) -> RegistryBuilder {
-    durabletask_core::Registry::builder()
+    crate::entities::register(durabletask_core::Registry::builder())
         .activity(STEP, move |ctx: ActivityContext, x: String| {
             let ledger = ledger.clone();
             async move {

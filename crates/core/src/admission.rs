@@ -21,6 +21,9 @@
 //!   died between the two writes) the row is rewritten from history first; if that fails the
 //!   messages wait, because they are what brings the instance back for another repair.
 //!
+//! * **Entities** (`@name@key`) skip the last two rules: an entity starts with its first message
+//!   and starts afresh after a clean-up completed it.
+//!
 //! Waits that grow with the delivery count use DTF's back-off ([`dtf_abandon`]).
 //!
 //! A start of another execution (a new instance, a recreation) bypasses the last two rules: the
@@ -545,6 +548,12 @@ fn executability(
     current: Option<&str>,
     decision: &mut Decision,
 ) -> Result<(), Admission> {
+    // Entities start on their first message and start afresh after a clean-up completed them.
+    if input.messages.first().is_some_and(|c| {
+        crate::entity::is_entity_instance(&c.message.orchestration_instance.instance_id)
+    }) {
+        return Ok(());
+    }
     let running = |d: &mut Decision, to: &dyn Fn(&Candidate<'_>) -> Verdict| {
         for (v, c) in d.verdicts.iter_mut().zip(input.messages) {
             if *v == Verdict::Run {

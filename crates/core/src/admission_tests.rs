@@ -72,6 +72,39 @@ fn event(exec: &str) -> TaskMessage {
     to(exec, EventKind::EventRaised { name: "e".into(), input: None })
 }
 
+/// An operation request to entity `@counter@k` (no execution id, as entities receive them).
+fn entity_op() -> TaskMessage {
+    TaskMessage::new(
+        OrchestrationInstance::new("@counter@k"),
+        HistoryEvent::new(-1, T0, EventKind::EventRaised { name: "op".into(), input: None }),
+    )
+}
+
+/// An entity's stored execution; `completed`: removed by a clean-up.
+fn entity_history(completed: bool) -> Vec<HistoryEvent> {
+    let inst = OrchestrationInstance::with_execution("@counter@k", "x1");
+    let mut h = vec![
+        HistoryEvent::new(-1, T0, EventKind::OrchestratorStarted),
+        HistoryEvent::new(
+            -1,
+            T0,
+            EventKind::ExecutionStarted(ExecutionStartedEvent::new(inst, "counter", None)),
+        ),
+    ];
+    if completed {
+        h.push(HistoryEvent::new(
+            -1,
+            T0,
+            EventKind::ExecutionCompleted {
+                orchestration_status: Completed,
+                result: None,
+                failure_details: None,
+            },
+        ));
+    }
+    h
+}
+
 fn terminate(exec: &str) -> TaskMessage {
     to(exec, EventKind::ExecutionTerminated { input: Some("why".into()) })
 }
@@ -436,6 +469,28 @@ fn cases() -> Vec<Case> {
             vec![],
             RowState::Unknown,
             decided(vec![Run, Run]),
+        ),
+        // Entities.
+        case(
+            "the first message to an entity starts it, no row read",
+            vec![(entity_op(), 1), (entity_op(), 1)],
+            vec![],
+            RowState::Unknown,
+            decided(vec![Run, Run]),
+        ),
+        case(
+            "a message to an entity a clean-up completed starts it afresh",
+            vec![(entity_op(), 1)],
+            entity_history(true),
+            RowState::Unknown,
+            decided(vec![Run]),
+        ),
+        case(
+            "messages to a running entity run",
+            vec![(entity_op(), 2)],
+            entity_history(false),
+            RowState::Unknown,
+            decided(vec![Run]),
         ),
     ];
     let mut c = case(

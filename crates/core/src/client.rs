@@ -20,13 +20,20 @@ use crate::clock::{Clock, SystemClock};
 use crate::history::{
     EventKind, ExecutionStartedEvent, HistoryEvent, NO_EVENT_ID, OrchestrationInstance, TaskMessage,
 };
-use crate::ids::{InstanceIdError, new_execution_id, validate_instance_id};
+use crate::ids::{
+    InstanceIdError, new_execution_id, validate_instance_id, validate_orchestration_instance_id,
+};
 use crate::provider::{
     OrchestrationQuery, OrchestrationServiceClient, ProviderError, ProviderErrorKind, PurgeFilter,
     PurgeResult, QueryResult,
 };
 use crate::registry::to_payload;
 use crate::state::{OrchestrationState, OrchestrationStatus};
+
+#[path = "client_entities.rs"]
+mod entities;
+
+pub use entities::{CleanEntityStorageResult, EntityQuery, EntityQueryResult};
 
 /// Errors returned by [`TaskHubClient`].
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +93,12 @@ pub enum ClientError {
         /// The last state read, if any.
         last_state: Option<Box<OrchestrationState>>,
     },
+    /// The entity id is invalid; nothing was written.
+    #[error("invalid entity id: {0}")]
+    InvalidEntityId(#[from] crate::entity::EntityIdError),
+    /// An entity's stored scheduler state does not parse.
+    #[error("{0}")]
+    CorruptEntity(String),
     /// The provider failed.
     #[error(transparent)]
     Provider(#[from] ProviderError),
@@ -119,12 +132,18 @@ pub struct TaskHubClient {
     service: Arc<dyn OrchestrationServiceClient>,
     clock: Arc<dyn Clock>,
     max_poll_interval: Duration,
+    entity_streams: Arc<std::sync::Mutex<entities::ClientStreams>>,
 }
 
 impl TaskHubClient {
     /// A client using the system clock.
     pub fn new(service: Arc<dyn OrchestrationServiceClient>) -> Self {
-        Self { service, clock: Arc::new(SystemClock), max_poll_interval: Duration::from_secs(1) }
+        Self {
+            service,
+            clock: Arc::new(SystemClock),
+            max_poll_interval: Duration::from_secs(1),
+            entity_streams: Arc::new(entities::ClientStreams::new()),
+        }
     }
 
     /// Uses `clock` for event timestamps.
@@ -171,7 +190,7 @@ impl TaskHubClient {
     ) -> Result<OrchestrationInstance, ClientError> {
         let instance_id = match options.instance_id {
             Some(id) => {
-                validate_instance_id(&id)?;
+                validate_orchestration_instance_id(&id)?;
                 id
             }
             None => new_execution_id(),
@@ -210,7 +229,7 @@ impl TaskHubClient {
         operation: &'static str,
         kind: EventKind,
     ) -> Result<(), ClientError> {
-        validate_instance_id(instance_id)?;
+        validate_orchestration_instance_id(instance_id)?;
         let Some(state) = self.service.get_state(instance_id, false).await? else {
             return Err(ClientError::NotFound(instance_id.to_owned()));
         };

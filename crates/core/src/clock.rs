@@ -108,3 +108,10 @@ impl Clock for TokioClock {
 pub fn system_clock() -> Arc<dyn Clock> {
     Arc::new(SystemClock)
 }
+
+/// `t` truncated to 100 ns, the precision of DTF timestamps (.NET ticks) and of what Azure
+/// Storage keeps. Work items stamp their events with it, so that a history replayed from storage
+/// is exactly the history that was cached (the episode time feeds `new_guid`).
+pub fn storage_precision(t: time::OffsetDateTime) -> time::OffsetDateTime {
+    t.replace_nanosecond(t.nanosecond() / 100 * 100).unwrap_or(t)
+}

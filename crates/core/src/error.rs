@@ -23,6 +23,9 @@ pub const NON_DETERMINISTIC_ERROR: &str = "NonDeterministicOrchestrationExceptio
 pub const NON_DETERMINISTIC_PREFIX: &str = "Non-Deterministic workflow detected: ";
 /// Error type of a failed activity seen from the orchestration (`TaskFailedException`).
 pub const TASK_FAILED: &str = "TaskFailedException";
+/// Error type of a failed entity call seen from the orchestration (DTF
+/// `EntityOperationFailedException`).
+pub const ENTITY_OPERATION_FAILED: &str = "EntityOperationFailedException";
 /// Error type of a failed sub-orchestration seen from the parent.
 pub const SUB_ORCHESTRATION_FAILED: &str = "SubOrchestrationFailedException";
 
@@ -70,9 +73,18 @@ impl fmt::Display for OrchestrationError {
     }
 }
 
-fn type_name_of<E>() -> String {
+/// The last path segment of `E`'s type name (the error type recorded for a converted error).
+pub(crate) fn type_name_of<E>() -> String {
     let full = std::any::type_name::<E>();
     full.rsplit("::").next().unwrap_or(full).to_owned()
+}
+
+/// The message of a panic payload (`&str` or `String`), or `default`.
+pub(crate) fn panic_message(p: &(dyn Any + Send), default: &str) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| default.to_owned())
 }
 
 impl<E> From<E> for OrchestrationError
@@ -158,12 +170,14 @@ pub enum TaskKind {
     Activity,
     /// A sub-orchestration.
     SubOrchestration,
+    /// An entity operation (a call).
+    Entity,
 }
 
 /// An awaited activity or sub-orchestration failed (DTF `TaskFailedException` /
 /// `SubOrchestrationFailedException`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{} '{name}' (#{task_id}) failed: {failure}", match .kind { TaskKind::Activity => "Task", TaskKind::SubOrchestration => "Sub-orchestration" })]
+#[error("{} '{name}' (#{task_id}) failed: {failure}", match .kind { TaskKind::Activity => "Task", TaskKind::SubOrchestration => "Sub-orchestration", TaskKind::Entity => "Entity operation" })]
 pub struct TaskFailedError {
     /// Activity or sub-orchestration.
     pub kind: TaskKind,
@@ -187,6 +201,7 @@ impl TaskFailedError {
         let (ty, what) = match self.kind {
             TaskKind::Activity => (TASK_FAILED, "Task"),
             TaskKind::SubOrchestration => (SUB_ORCHESTRATION_FAILED, "Sub-orchestration"),
+            TaskKind::Entity => (ENTITY_OPERATION_FAILED, "Entity operation"),
         };
         FailureDetails {
             inner_failure: Some(self.failure.clone()),

@@ -615,6 +615,17 @@ impl TaskMessage {
             orchestration_execution_context: None,
         }
     }
+
+    /// The earliest time a provider may deliver this message: a timer's fire time, a delayed
+    /// start's start time, a scheduled entity signal's due time (`op@{time}`); `None`: now.
+    pub fn deliver_at(&self) -> Option<OffsetDateTime> {
+        match &self.event.kind {
+            EventKind::TimerFired { fire_at, .. } => Some(*fire_at),
+            EventKind::ExecutionStarted(s) => s.scheduled_start_time,
+            EventKind::EventRaised { name, .. } => crate::entity::scheduled_time_of(name),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

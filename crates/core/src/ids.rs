@@ -37,6 +37,25 @@ pub enum InstanceIdError {
         /// The offending character.
         ch: char,
     },
+    /// Ids starting with `@` name durable entities (`@name@key`); an orchestration cannot have
+    /// one, and orchestration operations do not apply to entities (signal them instead).
+    #[error(
+        "instance id {0:?} starts with '@', which names a durable entity, not an orchestration"
+    )]
+    EntityId(String),
+}
+
+/// [`validate_instance_id`], and not an entity id (`@...`): the rule for orchestration
+/// instances (starts, events, terminate, suspend, resume, sub-orchestration ids).
+///
+/// # Errors
+/// [`InstanceIdError`].
+pub fn validate_orchestration_instance_id(id: &str) -> Result<(), InstanceIdError> {
+    validate_instance_id(id)?;
+    if crate::entity::is_entity_instance(id) {
+        return Err(InstanceIdError::EntityId(id.to_owned()));
+    }
+    Ok(())
 }
 
 /// Checks an instance id: non-empty, at most [`MAX_INSTANCE_ID_LEN`] characters, no control

@@ -41,6 +41,7 @@ pub mod admission;
 pub mod backoff;
 pub mod client;
 pub mod clock;
+pub mod entity;
 pub mod error;
 pub mod history;
 pub mod ids;
@@ -56,12 +57,15 @@ pub use actions::{CompletionAction, OrchestratorAction};
 
 pub use client::{ClientError, StartOptions, TaskHubClient};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use entity::{EntityContext, EntityError, EntityId, EntityMetadata};
 pub use error::{ActivityError, OrchestrationError, TaskFailedError, TaskKind};
 pub use history::{
     EventKind, EventType, ExecutionStartedEvent, FailureDetails, HistoryEvent,
     OrchestrationInstance, ParentInstance, TaskMessage,
 };
-pub use ids::{InstanceIdError, new_execution_id, validate_instance_id};
+pub use ids::{
+    InstanceIdError, new_execution_id, validate_instance_id, validate_orchestration_instance_id,
+};
 pub use orchestration::{ContinueAsNewOptions, DurableFuture, OrchestrationContext, RetryPolicy};
 pub use provider::{
     ActivityWorkItem, LockToken, OrchestrationQuery, OrchestrationService,

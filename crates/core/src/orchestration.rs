@@ -31,8 +31,13 @@ use time::OffsetDateTime;
 use crate::actions::OrchestratorAction;
 use crate::error::{OrchestrationError, SERIALIZATION_ERROR, TaskFailedError, TaskKind};
 use crate::history::{EventKind, FailureDetails, HistoryEvent, OrchestrationInstance};
-use crate::ids::validate_instance_id;
 use crate::registry::{from_payload, to_payload};
+
+#[path = "orchestration_entities.rs"]
+mod entities;
+
+pub(crate) use entities::release_all as release_locks;
+pub use entities::{EntityLock, LOCKING_RULES_VIOLATION};
 
 /// Namespace for [`OrchestrationContext::new_guid`] (DTF uses a fixed namespace GUID too).
 const GUID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x9e95_2958_5e33_4daf_827f_2fa1_2937_b875);
@@ -94,6 +99,8 @@ pub(crate) struct CtxInner {
     pub(crate) buffered: HashMap<String, VecDeque<BufferedEvent>>,
     pub(crate) custom_status: Option<String>,
     pub(crate) continue_as_new: Option<ContinueAsNewRequest>,
+    /// Entity message streams and the critical section.
+    pub(crate) entities: entities::EntityCtx,
 }
 
 impl CtxInner {
@@ -119,6 +126,7 @@ impl CtxInner {
             buffered: HashMap::new(),
             custom_status: None,
             continue_as_new: None,
+            entities: entities::EntityCtx::default(),
         }
     }
 
@@ -769,7 +777,7 @@ impl OrchestrationContext {
         input: Option<String>,
     ) -> DurableFuture<Result<O, TaskFailedError>> {
         if let Some(id) = instance_id
-            && let Err(e) = validate_instance_id(id)
+            && let Err(e) = crate::ids::validate_orchestration_instance_id(id)
         {
             return self.failed_future(
                 TaskMeta { kind: TaskKind::SubOrchestration, name: name.to_owned(), id: -1 },
@@ -830,6 +838,17 @@ impl OrchestrationContext {
         &self,
         name: &str,
     ) -> DurableFuture<Result<T, OrchestrationError>> {
+        let meta = TaskMeta { kind: TaskKind::Activity, name: name.to_owned(), id: -1 };
+        self.event_waiter(name, meta, decode_event::<T>)
+    }
+
+    /// A future resolved by the next event named `name` (case-insensitive, FIFO).
+    fn event_waiter<T>(
+        &self,
+        name: &str,
+        meta: TaskMeta,
+        decode: fn(&TaskMeta, SlotResult) -> T,
+    ) -> DurableFuture<T> {
         let key_name = name.to_lowercase();
         let mut i = self.inner.borrow_mut();
         let w = i.next_local;
@@ -852,13 +871,7 @@ impl OrchestrationContext {
         i.slots.insert(key, slot);
         i.waiter_names.insert(w, (key_name, buffered));
         drop(i);
-        DurableFuture {
-            ctx: self.clone(),
-            key,
-            meta: TaskMeta { kind: TaskKind::Activity, name: name.to_owned(), id: -1 },
-            decode: decode_event::<T>,
-            done: false,
-        }
+        DurableFuture { ctx: self.clone(), key, meta, decode, done: false }
     }
 
     /// Sends external event `name` with `data` to another instance (fire and forget). An event to

@@ -41,6 +41,8 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::history::{HistoryEvent, TaskMessage};
+#[allow(unused_imports)] // doc links
+use crate::runtime::Checkpoint;
 use crate::runtime::WorkItemResult;
 use crate::state::{OrchestrationRuntimeState, OrchestrationState, OrchestrationStatus};
 
@@ -150,6 +152,12 @@ pub struct OrchestrationWorkItem {
     pub locked_until: OffsetDateTime,
     /// Highest delivery count among the batch's messages (1 on first delivery).
     pub dequeue_count: u32,
+    /// The provider knows that the instance's last checkpoint ran to its end (its messages were
+    /// sent), e.g. because this process made it and cached the history. `false` when it cannot
+    /// know (history read from storage after a restart, an aborted checkpoint or a partition
+    /// move): an entity then sends the messages its committed state records again (receivers
+    /// drop the copies).
+    pub previous_checkpoint_finished: bool,
     /// Provider lock data.
     pub token: LockToken,
 }
@@ -176,12 +184,19 @@ pub struct ProviderSettings {
     pub max_concurrent_orchestrations: usize,
     /// Suggested maximum concurrent activity work items.
     pub max_concurrent_activities: usize,
+    /// The largest message the provider accepts (`None`: no limit). Entities fail an operation
+    /// whose result or signal would not fit, instead of a checkpoint the provider refuses.
+    pub max_message_bytes: Option<usize>,
 }
 
 impl Default for ProviderSettings {
     fn default() -> Self {
         // DTF FrameworkConstants: 100 orchestrations, 10 activities.
-        Self { max_concurrent_orchestrations: 100, max_concurrent_activities: 10 }
+        Self {
+            max_concurrent_orchestrations: 100,
+            max_concurrent_activities: 10,
+            max_message_bytes: None,
+        }
     }
 }
 
@@ -321,6 +336,9 @@ pub struct OrchestrationQuery {
     pub continuation_token: Option<String>,
     /// Include `input` and `output` (default true).
     pub fetch_inputs_and_outputs: bool,
+    /// Leave out entities (instance ids starting with `@`; DTF `ExcludeEntities`, default
+    /// false).
+    pub exclude_entities: bool,
 }
 
 impl Default for OrchestrationQuery {
@@ -333,6 +351,7 @@ impl Default for OrchestrationQuery {
             page_size: 100,
             continuation_token: None,
             fetch_inputs_and_outputs: true,
+            exclude_entities: false,
         }
     }
 }

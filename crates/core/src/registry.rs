@@ -10,6 +10,7 @@ use futures::future::{BoxFuture, LocalBoxFuture};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::entity::{EntityContext, EntityError, EntityFn};
 use crate::error::{ActivityError, OrchestrationError, SERIALIZATION_ERROR};
 use crate::history::OrchestrationInstance;
 use crate::orchestration::OrchestrationContext;
@@ -86,15 +87,23 @@ impl ActivityContext {
 pub struct Registry {
     orchestrations: HashMap<String, OrchestrationFn>,
     activities: HashMap<String, ActivityFn>,
+    /// By lower-cased name (entity names are case-insensitive, as in DTF).
+    entities: HashMap<String, EntityFn>,
 }
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut o: Vec<_> = self.orchestrations.keys().collect();
         let mut a: Vec<_> = self.activities.keys().collect();
+        let mut e: Vec<_> = self.entities.keys().collect();
         o.sort();
         a.sort();
-        f.debug_struct("Registry").field("orchestrations", &o).field("activities", &a).finish()
+        e.sort();
+        f.debug_struct("Registry")
+            .field("orchestrations", &o)
+            .field("activities", &a)
+            .field("entities", &e)
+            .finish()
     }
 }
 
@@ -112,6 +121,11 @@ impl Registry {
     /// The activity registered as `name`.
     pub fn activity(&self, name: &str) -> Option<&ActivityFn> {
         self.activities.get(name)
+    }
+
+    /// The entity registered as `name` (case-insensitive).
+    pub fn entity(&self, name: &str) -> Option<&EntityFn> {
+        self.entities.get(&name.to_lowercase())
     }
 }
 
@@ -193,6 +207,26 @@ impl RegistryBuilder {
     /// Registers a type-erased activity.
     pub fn activity_fn(mut self, name: impl Into<String>, f: ActivityFn) -> Self {
         self.inner.activities.insert(name.into(), f);
+        self
+    }
+
+    /// Registers `f` as entity `name` (case-insensitive) with state `S`:
+    /// `fn(&mut EntityContext<S>) -> Result<R, EntityError>`, called once per operation. The
+    /// state is loaded once per batch and saved once after it; an operation that fails or panics
+    /// leaves it as it found it (so `S` is cloned before each operation).
+    pub fn entity<S, R, F>(mut self, name: impl AsRef<str>, f: F) -> Self
+    where
+        S: Serialize + DeserializeOwned + Clone + Send + 'static,
+        R: Serialize,
+        F: Fn(&mut EntityContext<S>) -> Result<R, EntityError> + Send + Sync + 'static,
+    {
+        self.inner.entities.insert(name.as_ref().to_lowercase(), crate::entity::typed(f));
+        self
+    }
+
+    /// Registers a type-erased entity.
+    pub fn entity_fn(mut self, name: impl AsRef<str>, f: EntityFn) -> Self {
+        self.inner.entities.insert(name.as_ref().to_lowercase(), f);
         self
     }
 

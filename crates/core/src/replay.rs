@@ -274,6 +274,10 @@ impl Executor {
                     });
                 }
                 self.halt();
+                if replace {
+                    // A terminated orchestration releases the entity locks it holds.
+                    crate::orchestration::release_locks(&mut self.inner.borrow_mut());
+                }
             }
             EventKind::ExecutionSuspended { .. } => {
                 if self.completion.is_none() && !self.suspended {
@@ -449,6 +453,7 @@ impl Executor {
             return;
         }
         let mut i = self.inner.borrow_mut();
+        crate::orchestration::release_locks(&mut i);
         let id = i.take_completion_id();
         let completion = match res {
             Ok(output) => match i.continue_as_new.clone() {
@@ -501,10 +506,6 @@ impl Executor {
 }
 
 fn panic_error(p: &Box<dyn std::any::Any + Send>) -> OrchestrationError {
-    let msg = p
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "orchestration panicked".to_owned());
+    let msg = crate::error::panic_message(p.as_ref(), "orchestration panicked");
     OrchestrationError::with_type(PANIC_ERROR, msg)
 }

@@ -17,11 +17,28 @@ use crate::state::{
 };
 
 /// Knobs for [`process_work_item`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     /// Keep activity and sub-orchestration inputs in the history copies of `TaskScheduled` /
     /// `SubOrchestrationInstanceCreated` (DTF `IncludeParameters`, default false).
     pub include_parameters: bool,
+    /// How long an entity remembers a sender's stream after its last message, and how long a
+    /// message waits for a missing predecessor (DTF `EntityMessageReorderWindowInMinutes`, 30).
+    pub entity_reorder_window: std::time::Duration,
+    /// The provider's message limit ([`crate::ProviderSettings::max_message_bytes`]; the
+    /// dispatchers fill it in when `None`): an entity operation whose result or signal would not
+    /// fit fails instead.
+    pub max_message_bytes: Option<usize>,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            include_parameters: false,
+            entity_reorder_window: crate::entity::DEFAULT_REORDER_WINDOW,
+            max_message_bytes: None,
+        }
+    }
 }
 
 /// The result of processing one orchestration work item.
@@ -56,6 +73,11 @@ pub struct Checkpoint {
     pub state: OrchestrationState,
     /// Number of continue-as-new generations that ran inside this work item.
     pub generations_continued: u32,
+    /// Write history before sending the outbound messages (the messages are recorded in the
+    /// committed state and sent again by the next work item if the checkpoint dies in between).
+    /// Entities set it: their outbound messages are numbered from the state of the batch, so a
+    /// batch that is re-run in another composition would number them differently.
+    pub commit_before_send: bool,
 }
 
 /// Why a work item could not be processed (the dispatcher abandons it with back-off).
@@ -68,6 +90,9 @@ pub enum ProcessError {
     /// The stored history is corrupt.
     #[error(transparent)]
     InvalidHistory(#[from] InvalidHistoryError),
+    /// A batch for an entity this worker has not registered.
+    #[error("entity '{0}' is not registered")]
+    EntityNotRegistered(String),
 }
 
 /// Whether `start` is a sub-orchestration start from the same parent execution and task as the
@@ -91,6 +116,67 @@ fn resent_by_the_same_parent_task(
 /// # Errors
 /// [`ProcessError`] when the orchestration is not registered or the history is corrupt.
 pub fn process_work_item(
+    registry: &Registry,
+    state: OrchestrationRuntimeState,
+    messages: Vec<TaskMessage>,
+    now: OffsetDateTime,
+    options: &RuntimeOptions,
+    new_id: &mut dyn FnMut() -> String,
+) -> Result<WorkItemResult, ProcessError> {
+    process_work_item_after(registry, state, messages, now, options, new_id, false)
+}
+
+/// [`process_work_item`] for a locked work item: also knows whether the instance's last
+/// checkpoint finished ([`crate::OrchestrationWorkItem::previous_checkpoint_finished`]).
+///
+/// # Errors
+/// As [`process_work_item`].
+pub fn process_locked_work_item(
+    registry: &Registry,
+    work_item: &crate::OrchestrationWorkItem,
+    now: OffsetDateTime,
+    options: &RuntimeOptions,
+    new_id: &mut dyn FnMut() -> String,
+) -> Result<WorkItemResult, ProcessError> {
+    process_work_item_after(
+        registry,
+        work_item.runtime_state.clone(),
+        work_item.new_messages.clone(),
+        now,
+        options,
+        new_id,
+        work_item.previous_checkpoint_finished,
+    )
+}
+
+fn process_work_item_after(
+    registry: &Registry,
+    state: OrchestrationRuntimeState,
+    messages: Vec<TaskMessage>,
+    now: OffsetDateTime,
+    options: &RuntimeOptions,
+    new_id: &mut dyn FnMut() -> String,
+    previous_checkpoint_finished: bool,
+) -> Result<WorkItemResult, ProcessError> {
+    let now = crate::clock::storage_precision(now);
+    if messages
+        .first()
+        .is_some_and(|m| crate::entity::is_entity_instance(&m.orchestration_instance.instance_id))
+    {
+        return crate::entity::process_entity_work_item(
+            registry,
+            state,
+            messages,
+            now,
+            options,
+            previous_checkpoint_finished,
+            new_id,
+        );
+    }
+    process_orchestration(registry, state, messages, now, options, new_id)
+}
+
+fn process_orchestration(
     registry: &Registry,
     mut state: OrchestrationRuntimeState,
     mut messages: Vec<TaskMessage>,
@@ -345,6 +431,7 @@ pub fn process_work_item(
                     timer_messages,
                     state: orchestration_state,
                     generations_continued,
+                    commit_before_send: false,
                 })));
             }
         }

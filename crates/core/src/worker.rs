@@ -25,7 +25,7 @@ use crate::provider::{
     ActivityWorkItem, OrchestrationService, OrchestrationWorkItem, ProviderError,
 };
 use crate::registry::{ActivityContext, Registry};
-use crate::runtime::{RuntimeOptions, WorkItemResult, process_work_item};
+use crate::runtime::{RuntimeOptions, WorkItemResult, process_locked_work_item};
 
 /// Worker configuration.
 #[derive(Debug, Clone)]
@@ -101,11 +101,14 @@ impl Dispatchers {
     pub async fn start(
         service: Arc<dyn OrchestrationService>,
         registry: Registry,
-        options: WorkerOptions,
+        mut options: WorkerOptions,
     ) -> Result<Self, ProviderError> {
         tracing::info!("TaskHubWorkerStarting");
         service.start().await?;
         let settings = service.settings();
+        if options.runtime.max_message_bytes.is_none() {
+            options.runtime.max_message_bytes = settings.max_message_bytes;
+        }
         let max_o = options
             .max_concurrent_orchestrations
             .unwrap_or(settings.max_concurrent_orchestrations)
@@ -311,14 +314,8 @@ async fn process_orchestration(shared: &Shared, wi: OrchestrationWorkItem) {
     };
     let now = shared.options.clock.now();
     let mut gen_id = new_execution_id;
-    let outcome = process_work_item(
-        &shared.registry,
-        wi.runtime_state.clone(),
-        wi.new_messages.clone(),
-        now,
-        &shared.options.runtime,
-        &mut gen_id,
-    );
+    let outcome =
+        process_locked_work_item(&shared.registry, &wi, now, &shared.options.runtime, &mut gen_id);
     let failed = match outcome {
         Ok(result) => {
             let summary = match &result {
@@ -445,11 +442,7 @@ async fn process_activity(shared: &Shared, wi: ActivityWorkItem) {
         }
         Err(join) => {
             let msg = if join.is_panic() {
-                let p = join.into_panic();
-                p.downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "activity panicked".into())
+                crate::error::panic_message(join.into_panic().as_ref(), "activity panicked")
             } else {
                 "activity was cancelled".into()
             };

@@ -28,7 +28,7 @@ pub mod settings;
 pub mod storage;
 
 pub use error::{Error, Result};
-pub use naming::{ResourceNames, TaskHubName};
+pub use naming::{MAX_PARTITIONS, ResourceNames, TaskHubName};
 pub use service::{
     AzureStorageOrchestrationService, ControlQueueStats, CrashHook, CrashPoint, HubInfo,
     ProviderStats, StorageStack,

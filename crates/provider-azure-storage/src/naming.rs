@@ -73,7 +73,15 @@ pub struct ResourceNames {
     pub poison_queue: String,
 }
 
+/// The most control queues (partitions) a task hub can have.
+pub const MAX_PARTITIONS: u8 = 16;
+
 impl ResourceNames {
+    /// Every resource name `hub` can have: all [`MAX_PARTITIONS`] control queues.
+    pub fn all_possible(hub: &TaskHubName) -> Self {
+        Self::new(hub, MAX_PARTITIONS)
+    }
+
     /// The resources of `hub` with `partition_count` control queues.
     pub fn new(hub: &TaskHubName, partition_count: u8) -> Self {
         let lower = hub.as_str().to_ascii_lowercase();

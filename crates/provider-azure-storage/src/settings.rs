@@ -126,8 +126,11 @@ impl AzureStorageSettings {
     pub fn validate(&self) -> Result<()> {
         let bad =
             |setting: &'static str, reason: String| Err(Error::InvalidSetting { setting, reason });
-        if !(1..=16).contains(&self.partition_count) {
-            return bad("partition_count", format!("must be 1-16, got {}", self.partition_count));
+        if !(1..=crate::MAX_PARTITIONS).contains(&self.partition_count) {
+            return bad(
+                "partition_count",
+                format!("must be 1-{}, got {}", crate::MAX_PARTITIONS, self.partition_count),
+            );
         }
         if !(1..=32).contains(&self.control_queue_batch_size) {
             return bad(

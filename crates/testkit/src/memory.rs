@@ -138,7 +138,7 @@ fn start_time_after(t: OffsetDateTime, replaced: Option<OffsetDateTime>) -> Offs
         Some(c) if t < c + Duration::from_millis(1) => c + Duration::from_millis(1),
         _ => t,
     };
-    t.replace_nanosecond(t.nanosecond() / 100 * 100).unwrap_or(t)
+    durabletask_core::clock::storage_precision(t)
 }
 
 fn is_start(m: &TaskMessage) -> bool {
@@ -205,6 +205,8 @@ impl InMemoryOrchestrationService {
     }
 
     fn enqueue(hub: &mut Hub, message: TaskMessage, visible_at: OffsetDateTime) {
+        // Timers, delayed starts and scheduled entity signals wait for their time.
+        let visible_at = message.deliver_at().map_or(visible_at, |at| at.max(visible_at));
         let seq = hub.next_seq;
         hub.next_seq += 1;
         hub.orchestration_queue.insert(
@@ -407,6 +409,8 @@ impl InMemoryOrchestrationService {
                 new_messages: messages,
                 locked_until,
                 dequeue_count,
+                // Checkpoints commit atomically: the last one always finished.
+                previous_checkpoint_finished: true,
                 token: LockToken::new(MemLock { lock_id, seq: 0 }),
             }));
         }
@@ -525,6 +529,7 @@ impl OrchestrationService for InMemoryOrchestrationService {
         ProviderSettings {
             max_concurrent_orchestrations: self.shared.settings.max_concurrent_orchestrations,
             max_concurrent_activities: self.shared.settings.max_concurrent_activities,
+            max_message_bytes: Some(self.shared.settings.max_message_bytes),
         }
     }
 
@@ -858,7 +863,10 @@ impl OrchestrationServiceClient for InMemoryOrchestrationService {
     ) -> Result<(), ProviderError> {
         const OP: &str = "create_orchestration";
         let mut start = start;
-        check_id(OP, &start.orchestration_instance.instance_id)?;
+        durabletask_core::validate_orchestration_instance_id(
+            &start.orchestration_instance.instance_id,
+        )
+        .map_err(|e| err(ProviderErrorKind::InvalidInput, OP, e.to_string()))?;
         let EventKind::ExecutionStarted(started) = &mut start.event.kind else {
             return Err(err(
                 ProviderErrorKind::InvalidInput,
@@ -984,7 +992,8 @@ impl OrchestrationServiceClient for InMemoryOrchestrationService {
                 || query.runtime_status.contains(&r.orchestration_status))
                 && query.created_from.is_none_or(|f| r.created_time >= f)
                 && query.created_to.is_none_or(|t| r.created_time <= t)
-                && query.instance_id_prefix.as_ref().is_none_or(|p| id.starts_with(p.as_str()));
+                && query.instance_id_prefix.as_ref().is_none_or(|p| id.starts_with(p.as_str()))
+                && !(query.exclude_entities && durabletask_core::entity::is_entity_instance(id));
             if !ok {
                 continue;
             }

@@ -176,6 +176,20 @@ impl TaskHubWorkerBuilder {
         self
     }
 
+    /// Registers entity `name` with state `S` (see [`RegistryBuilder::entity`]).
+    pub fn register_entity<S, R, F>(mut self, name: impl AsRef<str>, f: F) -> Self
+    where
+        S: Serialize + DeserializeOwned + Clone + Send + 'static,
+        R: Serialize,
+        F: Fn(&mut durabletask_core::EntityContext<S>) -> Result<R, durabletask_core::EntityError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.registry = self.registry.entity(name, f);
+        self
+    }
+
     /// Adds registrations with a function over the core [`RegistryBuilder`], e.g.
     /// [`crate::samples::register_all`].
     pub fn registry(mut self, f: impl FnOnce(RegistryBuilder) -> RegistryBuilder) -> Self {

@@ -10,12 +10,17 @@
 //! | [`SUB_ORCHESTRATIONS`] | `["Paris", …]` | `["Hello Paris!", …]` | one sub-orchestration per city, in parallel |
 //! | [`RETRIES`] | `fail_times: u32` | the attempt that succeeded (`fail_times + 1`) | an activity retried with a [`RetryPolicy`] |
 //! | [`HELLO_WORKER`] | `name: String` | [`HelloWorkerOutput`] | which worker process ran the activity |
+//! | [`BANK_TRANSFER`] | [`TransferRequest`] | [`TransferOutcome`] | durable entities: two [`ACCOUNT`] entities, a transfer inside a critical section |
+//!
+//! | entity | state | operations |
+//! |---|---|---|
+//! | [`ACCOUNT`] | balance `i64` | `deposit(n)`, `withdraw(n)` (fails on insufficient funds, leaving the balance), `balance()` |
 
 use std::time::Duration;
 
 use durabletask_core::{
-    ActivityContext, ActivityError, OrchestrationContext, OrchestrationError, RegistryBuilder,
-    RetryPolicy,
+    ActivityContext, ActivityError, EntityContext, EntityError, EntityId, OrchestrationContext,
+    OrchestrationError, RegistryBuilder, RetryPolicy,
 };
 use futures::future::Either;
 use serde::{Deserialize, Serialize};
@@ -36,6 +41,11 @@ pub const GREET_CITY: &str = "GreetCity";
 pub const RETRIES: &str = "Retries";
 /// One greeting plus the identity of the worker process that ran the activity.
 pub const HELLO_WORKER: &str = "HelloWorker";
+
+/// Moves money between two [`ACCOUNT`] entities inside a critical section.
+pub const BANK_TRANSFER: &str = "BankTransfer";
+/// Entity: a bank account (balance).
+pub const ACCOUNT: &str = "Account";
 
 /// Activity: `name -> "Hello {name}!"`.
 pub const SAY_HELLO: &str = "SayHello";
@@ -108,9 +118,92 @@ pub fn process_identity() -> String {
     format!("{}-{}", host.trim(), std::process::id())
 }
 
-/// Registers every sample orchestration and activity.
+/// Registers every sample orchestration, activity and entity.
 pub fn register_all(builder: RegistryBuilder) -> RegistryBuilder {
-    register_activities(register_orchestrations(builder))
+    register_entities(register_activities(register_orchestrations(builder)))
+}
+
+/// Registers the sample entities only.
+pub fn register_entities(builder: RegistryBuilder) -> RegistryBuilder {
+    builder.entity(ACCOUNT, account)
+}
+
+/// The [`ACCOUNT`] entity: the state is the balance.
+pub fn account(ctx: &mut EntityContext<i64>) -> Result<i64, EntityError> {
+    match ctx.operation() {
+        "deposit" => {
+            let amount: i64 = ctx.input()?;
+            if amount <= 0 {
+                return Err(EntityError::with_type(
+                    "InvalidAmount",
+                    format!("cannot deposit {amount}"),
+                ));
+            }
+            let balance = ctx.state_mut();
+            *balance += amount;
+            Ok(*balance)
+        }
+        "withdraw" => {
+            let amount: i64 = ctx.input()?;
+            let balance = ctx.state().copied().unwrap_or(0);
+            if amount <= 0 || amount > balance {
+                return Err(EntityError::with_type(
+                    "InsufficientFunds",
+                    format!("cannot withdraw {amount} from a balance of {balance}"),
+                ));
+            }
+            ctx.set_state(balance - amount);
+            Ok(balance - amount)
+        }
+        "balance" => Ok(ctx.state().copied().unwrap_or(0)),
+        other => Err(EntityError::new(format!("an account has no operation '{other}'"))),
+    }
+}
+
+/// Input of [`BANK_TRANSFER`]: open two accounts (keys derived from the instance id) with
+/// `opening` in the first, then move `amount` from the first to the second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRequest {
+    /// The first account's opening deposit.
+    pub opening: i64,
+    /// How much to move.
+    pub amount: i64,
+}
+
+/// Output of [`BANK_TRANSFER`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferOutcome {
+    /// Whether the transfer happened (false: insufficient funds, nothing moved).
+    pub transferred: bool,
+    /// The first account's balance afterwards.
+    pub from_balance: i64,
+    /// The second account's balance afterwards.
+    pub to_balance: i64,
+}
+
+/// [`BANK_TRANSFER`]: withdraw and deposit while both accounts are locked, so no other
+/// orchestration sees (or changes) the money in flight.
+async fn bank_transfer(
+    ctx: OrchestrationContext,
+    req: TransferRequest,
+) -> Result<TransferOutcome, OrchestrationError> {
+    let me = ctx.instance_id();
+    let from = EntityId::new(ACCOUNT, format!("{me}-checking"));
+    let to = EntityId::new(ACCOUNT, format!("{me}-savings"));
+    let _: i64 = ctx.call_entity(&from, "deposit", &req.opening).await?;
+    let lock = ctx.lock_entities(&[from.clone(), to.clone()]).await?;
+    let transferred = match ctx.call_entity::<_, i64>(&from, "withdraw", &req.amount).await {
+        Ok(_) => {
+            let _: i64 = ctx.call_entity(&to, "deposit", &req.amount).await?;
+            true
+        }
+        Err(e) if e.is_caused_by("InsufficientFunds") => false,
+        Err(e) => return Err(e.into()),
+    };
+    lock.release();
+    let from_balance: i64 = ctx.call_entity(&from, "balance", &()).await?;
+    let to_balance: i64 = ctx.call_entity(&to, "balance", &()).await?;
+    Ok(TransferOutcome { transferred, from_balance, to_balance })
 }
 
 /// Registers the sample orchestrations only.
@@ -124,6 +217,7 @@ pub fn register_orchestrations(builder: RegistryBuilder) -> RegistryBuilder {
         .orchestration(GREET_CITY, greet_city)
         .orchestration(RETRIES, retries)
         .orchestration(HELLO_WORKER, hello_worker)
+        .orchestration(BANK_TRANSFER, bank_transfer)
 }
 
 /// Registers the sample activities only.
@@ -345,6 +439,13 @@ pub fn demo_plan(prefix: &str) -> Vec<SampleRun> {
             event: None,
             expected_output: serde_json::json!(3),
         },
+        SampleRun {
+            instance_id: id("bank-transfer"),
+            orchestration: BANK_TRANSFER,
+            input: serde_json::json!({"opening": 100, "amount": 30}),
+            event: None,
+            expected_output: serde_json::json!({"transferred": true, "from_balance": 70, "to_balance": 30}),
+        },
     ]
 }
 
@@ -355,7 +456,7 @@ mod tests {
     #[test]
     fn demo_plan_is_well_formed() {
         let plan = demo_plan("x-");
-        assert_eq!(plan.len(), 7);
+        assert_eq!(plan.len(), 8);
         let registry = register_all(durabletask_core::Registry::builder()).build();
         for run in &plan {
             assert!(run.instance_id.starts_with("x-"));

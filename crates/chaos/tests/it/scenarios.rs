@@ -111,3 +111,13 @@ async fn start_storm_keeps_the_worker_running_and_leaks_nothing() {
     let Some(env) = env("chaos_start_storm") else { return };
     check(&durabletask_chaos::storm::start_storm(&env, &Profile::LIGHT, SEED).await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_operations_survive_sigkilled_workers_exactly_once() {
+    let Some(env) = env("chaos_entity_kill") else { return };
+    check(
+        &durabletask_chaos::entities::entity_kill(&env, worker_bin(), &Profile::LIGHT, SEED)
+            .await
+            .unwrap(),
+    );
+}

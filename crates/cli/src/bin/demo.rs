@@ -22,10 +22,7 @@ const DEADLINE: Duration = Duration::from_secs(50);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    durabletask_cli::init_stderr_logging("warn");
     match run().await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -49,6 +46,26 @@ fn demo_settings() -> Result<HostSettings, BoxError> {
     }
     p.validate()?;
     Ok(settings)
+}
+
+/// The durable entities this run created (the bank transfer's two accounts).
+async fn print_entities(
+    client: &durabletask_core::TaskHubClient,
+    run_id: &str,
+) -> Result<(), BoxError> {
+    let query = durabletask_core::client::EntityQuery {
+        name_prefix: Some(samples::ACCOUNT.into()),
+        include_state: true,
+        ..Default::default()
+    };
+    let page = client.query_entities::<serde_json::Value>(&query).await?;
+    let mut table = Table::new(["ENTITY", "STATE", "LOCKED BY"]);
+    for m in page.entities.iter().filter(|m| m.id.key().contains(run_id)) {
+        let state = m.state.as_ref().map(ToString::to_string).unwrap_or_default();
+        table.row([m.id.to_string(), state, m.locked_by.clone().unwrap_or_default()]);
+    }
+    println!("Entities:\n{}", table.render());
+    Ok(())
 }
 
 async fn run() -> Result<bool, BoxError> {
@@ -148,6 +165,7 @@ async fn run() -> Result<bool, BoxError> {
         ]);
     }
     println!("\n{}", table.render());
+    print_entities(&client, run_id).await?;
     // Bounded, so a slow partition release never holds the demo up (leases then just expire).
     match tokio::time::timeout(Duration::from_secs(15), worker.shutdown()).await {
         Ok(result) => result?,
@@ -160,7 +178,7 @@ async fn run() -> Result<bool, BoxError> {
     );
     if !std::env::args().any(|a| a == "--ephemeral") {
         println!(
-            "Inspect them with:\n  cargo run -p durabletask-worker-host --bin durabletask -- \
+            "Inspect them with:\n  cargo run -p durabletask-cli --bin durabletask -- \
              --task-hub {hub} instances list"
         );
     }

@@ -2,3 +2,4 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on unexpected errors
 
 mod cli;
+mod entities;

@@ -85,7 +85,7 @@ fn first_episode_schedules_and_checkpoints() {
     let with_params = run(
         OrchestrationRuntimeState::new(),
         vec![start_msg("Hello", "\"W\"", "exec")],
-        &RuntimeOptions { include_parameters: true },
+        &RuntimeOptions { include_parameters: true, ..RuntimeOptions::default() },
     );
     let WorkItemResult::Checkpoint(cp) = with_params else { panic!() };
     let EventKind::TaskScheduled { input, .. } = &cp.runtime_state.new_events()[2].kind else {
@@ -357,4 +357,38 @@ fn events_to_invalid_instance_ids_are_recorded_but_not_sent() {
         .collect();
     assert_eq!(targets, ["ok/other"], "only the valid id gets a message");
     assert_eq!(cp.state.orchestration_status, OrchestrationStatus::Completed);
+}
+
+/// Events are stamped at 100 ns precision (what Azure Storage keeps): a history replayed from
+/// storage is exactly the cached one, so the episode time (and `new_guid`) replay identically.
+#[test]
+fn episode_times_are_stamped_at_storage_precision() {
+    let now = T0 + time::Duration::nanoseconds(123_456_789);
+    let mut n = 0;
+    let mut ids = move || {
+        n += 1;
+        format!("gen{n}")
+    };
+    let r = process_work_item(
+        &registry(),
+        OrchestrationRuntimeState::new(),
+        vec![start_msg("Hello", "\"x\"", "e1")],
+        now,
+        &RuntimeOptions::default(),
+        &mut ids,
+    )
+    .unwrap();
+    let WorkItemResult::Checkpoint(cp) = r else { panic!("checkpoint") };
+    let stamps: Vec<_> = cp
+        .runtime_state
+        .new_events()
+        .iter()
+        .filter(|e| !matches!(e.kind, EventKind::ExecutionStarted(_)))
+        .map(|e| e.timestamp)
+        .collect();
+    assert!(!stamps.is_empty());
+    for t in stamps {
+        assert_eq!(t.nanosecond() % 100, 0, "{t}");
+        assert_eq!(t, T0 + time::Duration::nanoseconds(123_456_700));
+    }
 }

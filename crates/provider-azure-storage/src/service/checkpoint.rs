@@ -1,4 +1,6 @@
-//! The checkpoint of an orchestration work item, in DTF's exact order, one function per step:
+//! The checkpoint of an orchestration work item, in DTF's exact order, one function per step
+//! (an entity's checkpoint, [`durabletask_core::Checkpoint::commit_before_send`], swaps the first
+//! two: its messages are part of the state it commits):
 //!
 //! 1. [`send_outbound`]: every outbound message (sub-orchestration starts and events, timers with
 //!    their fire time as visibility, activities), then a `Pending` Instances row for each new
@@ -58,10 +60,23 @@ pub(crate) async fn complete(
         WorkItemResult::Checkpoint(cp) => *cp,
     };
     let now = inner.clock.now();
-    send_outbound(inner, &mut cp, now).await?;
-    crash_point(inner, t, id, CrashPoint::AfterSend, false)?;
-    let written = write_history(inner, t, id, &cp, now).await?;
-    crash_point(inner, t, id, CrashPoint::AfterHistory, true)?;
+    let written = if cp.commit_before_send {
+        // An entity's: its messages are part of the state it commits (the next work item sends
+        // them again if this one dies before sending).
+        let written = write_history(inner, t, id, &cp, now).await?;
+        crash_point(inner, t, id, CrashPoint::AfterHistory, true)?;
+        send_outbound(inner, &mut cp, now).await.inspect_err(|_| {
+            inner.control.cache_invalidate(id);
+        })?;
+        crash_point(inner, t, id, CrashPoint::AfterSend, true)?;
+        written
+    } else {
+        send_outbound(inner, &mut cp, now).await?;
+        crash_point(inner, t, id, CrashPoint::AfterSend, false)?;
+        let written = write_history(inner, t, id, &cp, now).await?;
+        crash_point(inner, t, id, CrashPoint::AfterHistory, true)?;
+        written
+    };
     let row = write_row(inner, t, id, &cp, &written).await?;
     crash_point(inner, t, id, CrashPoint::AfterInstances, true)?;
     crash_point(inner, t, id, CrashPoint::BeforeDelete, true)?;

@@ -49,7 +49,8 @@ fn prepare_start(
     start: &mut TaskMessage,
 ) -> Result<(String, String), ProviderError> {
     let id = start.orchestration_instance.instance_id.clone();
-    check_id(CREATE, &id)?;
+    durabletask_core::validate_orchestration_instance_id(&id)
+        .map_err(|e| perr(ProviderErrorKind::InvalidInput, CREATE, e.to_string()))?;
     super::outbound::check_message_size(inner, start, CREATE)?;
     let EventKind::ExecutionStarted(started) = &mut start.event.kind else {
         return Err(perr(
@@ -470,6 +471,14 @@ impl OrchestrationServiceClient for AzureStorageOrchestrationService {
             query.created_to,
             query.instance_id_prefix.as_deref(),
         );
+        // DTF's ExcludeEntities: entity partition keys start with '@' ('A' follows it).
+        let filter = match (filter, query.exclude_entities) {
+            (f, false) => f,
+            (None, true) => Some("(PartitionKey lt '@' or PartitionKey ge 'A')".to_owned()),
+            (Some(f), true) => {
+                Some(format!("{f} and (PartitionKey lt '@' or PartitionKey ge 'A')"))
+            }
+        };
         let mut continuation = query.continuation_token.as_deref().map(decode_token).transpose()?;
         let page_size = query.page_size.max(1);
         let mut states = Vec::new();

@@ -172,3 +172,38 @@ impl ProviderAdmin for AzureStorageOrchestrationService {
         })
     }
 }
+
+impl super::AzureStorageOrchestrationService {
+    /// How many control queues the task hub has in storage, whatever this provider's
+    /// `partition_count` says: `None` when the hub does not exist (no work-item queue),
+    /// otherwise the number of consecutive `{hub}-control-NN` queues from 00 (probes all
+    /// [`crate::MAX_PARTITIONS`] possible names at once). Operator tools use it instead of
+    /// assuming a count: a wrong one sends messages to the wrong control queue or to one that
+    /// does not exist.
+    ///
+    /// # Errors
+    /// A storage failure other than "not found".
+    pub async fn stored_partition_count(&self) -> Result<Option<u8>, ProviderError> {
+        let inner = &self.inner;
+        let exists = |q: String| async move {
+            match inner.queues.approximate_message_count(&q).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == StorageErrorKind::NotFound => Ok(false),
+                Err(e) => Err(super::provider_error("stored_partition_count", e)),
+            }
+        };
+        if !exists(inner.names.work_item_queue.clone()).await? {
+            return Ok(None);
+        }
+        let all = crate::ResourceNames::all_possible(&inner.settings.task_hub_name);
+        let found = futures::future::join_all(all.control_queues.into_iter().map(exists)).await;
+        let mut count = 0u8;
+        for f in found {
+            if !f? {
+                break;
+            }
+            count += 1;
+        }
+        Ok(Some(count))
+    }
+}

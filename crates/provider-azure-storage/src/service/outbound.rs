@@ -93,6 +93,11 @@ pub(crate) async fn send_with(
     wake: bool,
 ) -> Result<(), ProviderError> {
     const OP: &str = "send message";
+    // Timers, delayed starts and scheduled entity signals wait for their time.
+    let delay = match message.deliver_at() {
+        Some(at) => delay.max(delay_until(inner.clock.now(), at)),
+        None => delay,
+    };
     let activity = matches!(message.event.kind, EventKind::TaskScheduled { .. });
     let instance_id = message.orchestration_instance.instance_id.clone();
     let event_type = message.event.event_type();

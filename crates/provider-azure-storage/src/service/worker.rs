@@ -59,19 +59,25 @@ impl OrchestrationService for AzureStorageOrchestrationService {
     async fn delete(&self) -> Result<(), ProviderError> {
         const OP: &str = "delete";
         let i = &self.inner;
-        let mut queues = i.names.control_queues.clone();
-        queues.push(i.names.work_item_queue.clone());
-        queues.push(i.names.poison_queue.clone());
-        for q in &queues {
-            i.queues.delete_queue_if_exists(q).await.map_err(|e| provider_error(OP, e))?;
+        // Every resource the hub can have, whatever partition count and partition manager
+        // created it (a hub made with 8 partitions or blob leases and deleted with the defaults
+        // would otherwise keep its other control queues or its leases container).
+        let all = crate::ResourceNames::all_possible(&i.settings.task_hub_name);
+        let mut queues = all.control_queues.clone();
+        queues.push(all.work_item_queue.clone());
+        queues.push(all.poison_queue.clone());
+        let deleted =
+            futures::future::join_all(queues.iter().map(|q| i.queues.delete_queue_if_exists(q)))
+                .await;
+        for r in deleted {
+            r.map_err(|e| provider_error(OP, e))?;
         }
-        for t in [&i.names.history_table, &i.names.instances_table] {
+        for t in [&all.history_table, &all.instances_table, &all.partitions_table] {
             i.tables.delete_table_if_exists(t).await.map_err(|e| provider_error(OP, e))?;
         }
-        i.blobs
-            .delete_container_if_exists(&i.names.large_messages_container)
-            .await
-            .map_err(|e| provider_error(OP, e))?;
+        for c in [&all.large_messages_container, &all.leases_container] {
+            i.blobs.delete_container_if_exists(c).await.map_err(|e| provider_error(OP, e))?;
+        }
         i.partitions
             .delete_lease_store()
             .await
@@ -126,6 +132,7 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                 .settings
                 .max_concurrent_orchestration_work_items,
             max_concurrent_activities: self.inner.settings.max_concurrent_activity_work_items,
+            max_message_bytes: Some(self.inner.settings.max_message_bytes),
         }
     }
 
@@ -177,6 +184,8 @@ impl OrchestrationService for AzureStorageOrchestrationService {
                 new_messages,
                 locked_until,
                 dequeue_count,
+                // The owner's cache holds a history only after its checkpoint ran to the end.
+                previous_checkpoint_finished: !p.history.from_storage,
                 token: LockToken::new(SessionToken {
                     queue: p.queue,
                     messages: Mutex::new(p.messages),

@@ -5,6 +5,7 @@
 mod blobs;
 mod capture;
 mod conformance;
+mod entities;
 mod fidelity;
 mod instance_ids;
 mod limits;

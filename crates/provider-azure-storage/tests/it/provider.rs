@@ -266,7 +266,7 @@ async fn special_character_ids_work_and_illegal_ones_are_rejected_without_writes
         "a^b^^c",
         "日本語 id",
         "sp ace",
-        "@entity@key",
+        "mid@dle@key",
         "x:y;z=1&q",
         ".dot",
         "percent%41",
@@ -665,4 +665,51 @@ async fn stale_and_duplicate_starts_are_deduplicated() {
     assert_eq!(after.output_as::<String>().unwrap(), "Hello once!");
     assert_eq!(r.client.get_history("dup-1").await.unwrap(), history_before, "nothing re-ran");
     r.stop().await;
+}
+
+/// `delete` removes every resource of the hub whichever partition count and partition manager
+/// created it: a hub made with 8 control queues and blob leases, deleted by a provider with the
+/// defaults (4 partitions, table leases), leaves no queue, table or container behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_removes_every_resource_whatever_created_the_hub() {
+    let Some(acct) = account("delete_everything") else { return };
+    let mut made = test_settings("delete_everything", 8);
+    made.partition_manager = durabletask_azure_storage::PartitionManagerKind::SafeBlob;
+    let creator = provider(&acct, made.clone());
+    creator.create_if_not_exists().await.expect("create");
+    creator.start().await.expect("start (writes the leases)");
+    creator.stop(true).await.expect("stop");
+    let names = durabletask_azure_storage::ResourceNames::new(&made.task_hub_name, 8);
+    let storage = AzureStorage::new(&acct, Duration::from_secs(20));
+    assert!(storage.list_blobs(&names.leases_container, "").await.is_ok(), "blob leases exist");
+    let mut defaults = test_settings("delete_everything", 4);
+    defaults.task_hub_name = made.task_hub_name.clone();
+    provider(&acct, defaults).delete().await.expect("delete");
+    for q in names.control_queues.iter().chain([&names.work_item_queue, &names.poison_queue]) {
+        let r = storage.approximate_message_count(q).await;
+        assert!(
+            r.is_err_and(
+                |e| e.kind() == durabletask_azure_storage::storage::StorageErrorKind::NotFound
+            ),
+            "queue {q} left"
+        );
+    }
+    for t in [&names.history_table, &names.instances_table, &names.partitions_table] {
+        let r = storage.query(t, None, None, Some(1), None).await;
+        assert!(
+            r.is_err_and(
+                |e| e.kind() == durabletask_azure_storage::storage::StorageErrorKind::NotFound
+            ),
+            "table {t} left"
+        );
+    }
+    for c in [&names.leases_container, &names.large_messages_container] {
+        let r = storage.list_blobs(c, "").await;
+        assert!(
+            r.is_err_and(
+                |e| e.kind() == durabletask_azure_storage::storage::StorageErrorKind::NotFound
+            ),
+            "container {c} left"
+        );
+    }
 }

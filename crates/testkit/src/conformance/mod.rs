@@ -15,6 +15,7 @@
 mod answers;
 mod basics;
 mod contract;
+mod entities;
 mod events;
 mod lifecycle;
 mod management;
@@ -32,6 +33,7 @@ use durabletask_core::{
 pub use answers::*;
 pub use basics::*;
 pub use contract::*;
+pub use entities::*;
 pub use events::*;
 pub use lifecycle::*;
 pub use management::*;
@@ -119,7 +121,20 @@ impl Harness {
     /// # Panics
     /// When the hub or worker cannot start.
     pub async fn start(factory: &dyn ProviderFactory, registry: RegistryBuilder) -> Self {
-        let config = factory.config();
+        Self::start_with(factory, registry, |_| {}).await
+    }
+
+    /// [`Self::start`] with the factory's config adjusted by `tweak`.
+    ///
+    /// # Panics
+    /// When the hub or worker cannot start.
+    pub async fn start_with(
+        factory: &dyn ProviderFactory,
+        registry: RegistryBuilder,
+        tweak: impl FnOnce(&mut ConformanceConfig),
+    ) -> Self {
+        let mut config = factory.config();
+        tweak(&mut config);
         let hub = factory.create_hub().await;
         hub.service.create_if_not_exists().await.expect("create hub");
         let worker = Dispatchers::start(
@@ -250,6 +265,14 @@ pub const ALL: &[&str] = &[
     "concurrent_recreations",
     "purge_filter_types",
     "wait_for_completion_reads_payloads_once",
+    "entity_counter_exactly_once",
+    "entity_failing_operation_rolls_back",
+    "entity_critical_sections_do_not_deadlock",
+    "entity_scheduled_signal_waits",
+    "entity_delete_query_and_clean_up",
+    "entity_large_state",
+    "entity_ids_are_not_orchestrations",
+    "entity_operations_keep_sender_order",
 ];
 
 /// Generates one `#[tokio::test]` per conformance function for the factory expression given.
@@ -272,6 +295,10 @@ macro_rules! conformance_tests {
             pending_instance_accepts_raise_and_terminate, instance_id_validation_table,
             special_character_ids_work, oversized_message_refused, concurrent_recreations,
             purge_filter_types, wait_for_completion_reads_payloads_once,
+            entity_counter_exactly_once, entity_failing_operation_rolls_back,
+            entity_critical_sections_do_not_deadlock, entity_scheduled_signal_waits,
+            entity_delete_query_and_clean_up, entity_large_state,
+            entity_ids_are_not_orchestrations, entity_operations_keep_sender_order,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
